@@ -1,0 +1,90 @@
+"""Per-position MSE and Delta metrics of predictors on named task distributions.
+
+Every predictor (trained model or estimator) is called as predictor(*batch) and returns predictions
+per position. For regression, batch = (xs, ys), predictions (batch, n_points), target ys (the noisy y).
+Errors are squared differences summed over the output's coordinates, averaged over sequences and
+divided by D (n_dims), as the papers report them:
+
+    mse[name][k]      = E[(f(S_k) - y_k)^2] / D
+    delta["A,B"][k]   = E[(f_A(S_k) - f_B(S_k))^2] / D      (Delta_{A,B} of papers.md, per position)
+
+and `*_mean` are the averages over positions.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+from iclab.tasks.regression import RegressionTask
+
+MODEL_NAME = "PT"
+REGRESSION_PAIRS = (("PT", "Ridge"), ("PT", "dMMSE"), ("dMMSE", "Ridge"))
+
+
+def regression_baselines(task: RegressionTask) -> dict[str, Callable]:
+    """Ridge (Bayes for the prior) and dMMSE (Bayes for the pool; equals Ridge when M is infinite)."""
+    from iclab.estimators.regression import DMMSE, Ridge
+
+    config = task.config
+    ridge = Ridge(noise_std=config.noise_std, prior_std=config.prior_std)
+    dmmse = ridge if task.pool is None else DMMSE(task.pool, noise_std=config.noise_std)
+    return {"Ridge": ridge, "dMMSE": dmmse}
+
+
+def _squared_error_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sum over sequences (and output coordinates) of (a - b)^2, per position: (n_points,)."""
+    squared = (a.double() - b.double()).square()
+    return squared.reshape(squared.shape[0], squared.shape[1], -1).sum(dim=(0, 2))
+
+
+@torch.inference_mode()
+def evaluate(
+    task,
+    predictors: dict[str, Callable],
+    pairs: tuple[tuple[str, str], ...],
+    n_sequences: int,
+    seed: int,
+    batch_size: int = 4096,
+    distributions: tuple[str, ...] = ("pretrain", "true"),
+) -> dict:
+    """MSE of every predictor and Delta of every pair, per position and averaged, per distribution."""
+    scale = task.config.n_dims
+    results = {}
+    for distribution in distributions:
+        mse_sums: dict[str, torch.Tensor] = {}
+        delta_sums: dict[str, torch.Tensor] = {}
+        for index, start in enumerate(range(0, n_sequences, batch_size)):
+            batch = task.eval_batch(distribution, seed, index, min(batch_size, n_sequences - start))
+            target = batch[-1]
+            predictions = {name: predict(*batch).float() for name, predict in predictors.items()}
+            for name, prediction in predictions.items():
+                error = _squared_error_per_position(prediction, target)
+                mse_sums[name] = mse_sums.get(name, 0) + error
+            for a, b in pairs:
+                error = _squared_error_per_position(predictions[a], predictions[b])
+                delta_sums[f"{a},{b}"] = delta_sums.get(f"{a},{b}", 0) + error
+        to_list = lambda total: (total / (n_sequences * scale)).tolist()  # noqa: E731
+        mse = {name: to_list(total) for name, total in mse_sums.items()}
+        delta = {name: to_list(total) for name, total in delta_sums.items()}
+        results[distribution] = {
+            "mse": mse,
+            "delta": delta,
+            "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
+            "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
+        }
+    return {"n_sequences": n_sequences, "distributions": results}
+
+
+def evaluate_model(
+    model: torch.nn.Module, task, n_sequences: int, seed: int, batch_size: int = 4096
+) -> dict:
+    """Evaluate a trained model against its task's Bayes baselines (model in eval mode, fp32)."""
+    if not isinstance(task, RegressionTask):
+        raise TypeError(f"no Delta-metric evaluation for {type(task).__name__}; see iclab.analysis")
+    was_training = model.training
+    model.eval()
+    try:
+        predictors = {MODEL_NAME: model, **regression_baselines(task)}
+        return evaluate(task, predictors, REGRESSION_PAIRS, n_sequences, seed, batch_size)
+    finally:
+        model.train(was_training)

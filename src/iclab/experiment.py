@@ -1,0 +1,48 @@
+"""One run end to end: train, evaluate on the full evaluation set, write eval.json."""
+
+from pathlib import Path
+
+from iclab.checkpoints import load_checkpoint
+from iclab.config import RunConfig, load_config
+from iclab.evaluation import evaluate_model
+from iclab.plots import plot_mse_per_position
+from iclab.results import CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, write_json
+from iclab.tasks import make_task
+from iclab.training import build_model, resolve_device, train
+
+MSE_FIGURE = "mse_per_position.png"
+
+
+def run(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json."""
+    result = train(config, run_dir, resume=resume, progress=progress)
+    evaluation = evaluate_model(
+        result.model,
+        result.task,
+        config.eval.n_sequences,
+        seed=config.eval.eval_seed,
+        batch_size=config.eval.eval_batch_size,
+    )
+    evaluation["steps_per_second"] = result.steps_per_second
+    write_json(Path(run_dir) / EVAL_FILE, evaluation)
+    plot_mse_per_position(evaluation, Path(run_dir) / MSE_FIGURE)
+    return evaluation
+
+
+def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> dict:
+    """Re-evaluate the checkpoint of a run directory and (re)write its eval.json."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    device = resolve_device(config.train.device)
+    model = build_model(config, device)
+    load_checkpoint(run_dir / CHECKPOINT_FILE, model)
+    evaluation = evaluate_model(
+        model,
+        make_task(config.task, device),
+        n_sequences or config.eval.n_sequences,
+        seed=config.eval.eval_seed,
+        batch_size=config.eval.eval_batch_size,
+    )
+    write_json(run_dir / EVAL_FILE, evaluation)
+    plot_mse_per_position(evaluation, run_dir / MSE_FIGURE)
+    return evaluation

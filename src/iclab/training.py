@@ -1,0 +1,182 @@
+"""The train loop: one model on one task, with periodic evaluation, checkpoints and resume.
+
+Determinism: the initial weights come from (seed, INIT_STREAM) and the batch of step n from
+(seed, n), and the learning rate is a function of the step, so a run stopped after a checkpoint and
+resumed (`resume=True`) reaches the same final weights as an uninterrupted run on the same device.
+"""
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from iclab.checkpoints import load_checkpoint, save_checkpoint
+from iclab.config import RunConfig, TrainConfig
+from iclab.evaluation import evaluate_model
+from iclab.models import make_model
+from iclab.results import (
+    CHECKPOINT_FILE,
+    append_metrics,
+    prepare_run_dir,
+    read_metrics,
+    write_metrics,
+)
+from iclab.seeding import INIT_STREAM, derive_seed
+from iclab.tasks import make_task
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    task: object
+    final_loss: float
+    steps_per_second: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Learning rate of `step` (0-based) under the configured schedule."""
+    progress = step / config.steps
+    warmup = config.warmup_fraction
+    if config.schedule == "constant":
+        return config.lr
+    if progress < warmup:  # both triangle and cosine warm up linearly from ~0
+        return config.lr * (step + 1) / (warmup * config.steps)
+    decay = (progress - warmup) / max(1.0 - warmup, 1e-12)
+    if config.schedule == "triangle":
+        return config.lr * max(0.0, 1.0 - decay)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
+def build_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
+    """The initial model: initialised on the CPU from the init seed, so it is device-independent."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.train.seed, INIT_STREAM))
+        model = make_model(config.model, config.task)
+    return model.to(device)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (L2 penalty) or AdamW (decoupled decay); decay only where the model says so."""
+    if hasattr(model, "parameter_groups"):
+        groups = model.parameter_groups(config.weight_decay)
+    else:
+        groups = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(groups, lr=config.lr)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.dtype == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `config`'s model; with a run_dir, write metrics, checkpoints and config there.
+
+    stop_after: stop (after checkpointing) once this many steps are done, as an interruption would;
+    used to test that resuming equals an uninterrupted run.
+    """
+    train_config = config.train
+    device = resolve_device(train_config.device)
+    task = make_task(config.task, device)
+    model = build_model(config, device)
+    optimizer = build_optimizer(model, train_config)
+    start = 0
+    if run_dir is not None:
+        run_dir = prepare_run_dir(run_dir, config, resume)
+        checkpoint = run_dir / CHECKPOINT_FILE
+        if resume and checkpoint.exists():
+            start = load_checkpoint(checkpoint, model, optimizer)
+            # Records written after the checkpoint will be written again by this run.
+            write_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= start])
+    end = train_config.steps if stop_after is None else min(stop_after, train_config.steps)
+
+    def checkpoint_now(step: int) -> None:
+        if run_dir is None:
+            return
+        if not _all_finite(model):
+            raise TrainingDiverged(
+                f"weights became NaN/inf before step {step}; the last good checkpoint in "
+                f"{str(run_dir)!r} is kept"
+            )
+        save_checkpoint(run_dir / CHECKPOINT_FILE, model, optimizer, step)
+
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    loss_count, last_loss = 0, float("nan")
+    bar = tqdm(
+        total=train_config.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True
+    )
+    started = time.perf_counter()
+    for step in range(start, end):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(train_config, step)
+        batch = task.train_batch(train_config.seed, step, train_config.batch_size)
+        with _autocast(train_config, device):
+            loss = task.loss(model, batch)
+        loss.backward()
+        if train_config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        loss_count += 1
+        done = step + 1
+        # Read the loss back only every log_every steps: a host-device sync per step is slow on GPU.
+        if done % train_config.log_every == 0 or done == end:
+            last_loss = loss_sum.item() / loss_count
+            loss_sum.zero_()
+            loss_count = 0
+            if not math.isfinite(last_loss):
+                raise TrainingDiverged(
+                    f"training loss became {last_loss} by step {done} (lr {train_config.lr}); "
+                    + (
+                        f"the last good checkpoint in {str(run_dir)!r} is kept"
+                        if run_dir is not None
+                        else "no run directory, nothing saved"
+                    )
+                )
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+            bar.update(done - bar.n)
+        if run_dir is not None and (done % train_config.eval_every == 0 or done == train_config.steps):
+            record = {"step": done, "train_loss": last_loss, "lr": learning_rate(train_config, step)}
+            record["eval"] = evaluate_model(
+                model,
+                task,
+                train_config.eval_sequences,
+                seed=config.eval.eval_seed,
+                batch_size=config.eval.eval_batch_size,
+            )
+            append_metrics(run_dir, record)
+        if done % train_config.checkpoint_every == 0 or done == end:
+            checkpoint_now(done)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return TrainResult(model, task, last_loss, (end - start) / max(elapsed, 1e-9))

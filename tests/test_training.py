@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from iclab.checkpoints import CheckpointError, load_checkpoint
+from iclab.config import apply_overrides, config_from_dict
+from iclab.results import CHECKPOINT_FILE, read_metrics
+from iclab.tasks.regression import RegressionTask
+from iclab.training import TrainingDiverged, build_model, learning_rate, train
+from helpers import tiny_overrides
+
+
+def make_config(**extra):
+    return config_from_dict(apply_overrides({}, tiny_overrides(**extra)))
+
+
+def test_short_run_learns_far_below_the_prior_mean_predictor():
+    # One task (M = 1): the model must learn to output w.x. The prior-mean predictor (0) has
+    # loss E[(w.x)^2] + sigma^2 = D + sigma^2.
+    config = make_config(n_tasks=1, n_layers=2, n_embd=32, steps=300, batch_size=32, lr=3e-3)
+    result = train(config, progress=False)
+    prior_mean_loss = config.task.n_dims + config.task.noise_std**2
+    assert result.final_loss < 0.15 * prior_mean_loss
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    config = make_config(n_tasks=8)
+    whole = train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after=20)
+    assert json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 20
+    resumed = train(config, tmp_path / "split", resume=True, progress=False)
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [r["step"] for r in read_metrics(tmp_path / "split")] == [20, 40]
+    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "whole")
+
+
+def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path):
+    config = make_config(steps=20)
+    train(config, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(Exception, match="already holds a run"):
+        train(config, tmp_path / "run", progress=False)
+    with pytest.raises(Exception, match="differs"):
+        train(make_config(steps=21), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = make_config(steps=60, log_every=10, checkpoint_every=20)
+    original = RegressionTask.loss
+    calls = {"n": 0}
+
+    def poisoned(model, batch):
+        calls["n"] += 1
+        loss = original(model, batch)
+        return loss * float("nan") if calls["n"] > 25 else loss
+
+    monkeypatch.setattr(RegressionTask, "loss", staticmethod(poisoned))
+    with pytest.raises(TrainingDiverged, match="loss became nan by step 30"):
+        train(config, tmp_path / "run", progress=False)
+    model = build_model(config, torch.device("cpu"))
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE, model) == 20
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_corrupt_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
+    config = make_config(steps=20)
+    train(config, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / CHECKPOINT_FILE
+    other = build_model(make_config(n_embd=32), torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_checkpoint(path, other)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path, build_model(config, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("schedule", ["triangle", "cosine", "constant"])
+def test_learning_rate_schedules(schedule):
+    config = make_config(steps=100, lr=1.0, schedule=f'"{schedule}"', warmup_fraction=0.5).train
+    rates = [learning_rate(config, step) for step in range(100)]
+    assert max(rates) == pytest.approx(1.0)
+    if schedule == "constant":
+        assert min(rates) == 1.0
+    else:
+        assert rates[0] == pytest.approx(0.02) and rates[-1] < 0.03
+        assert rates.index(max(rates)) == 49
+
+
+def test_bfloat16_autocast_trains():
+    config = make_config(n_tasks=1, n_embd=32, steps=200, batch_size=32, lr=3e-3, dtype='"bfloat16"')
+    result = train(config, progress=False)
+    assert result.final_loss < 0.3 * (config.task.n_dims + config.task.noise_std**2)

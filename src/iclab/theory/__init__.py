@@ -1,0 +1,1 @@
+"""Closed-form expected losses, their exact checks, solvers and minimiser structure reports."""

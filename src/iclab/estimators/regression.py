@@ -1,0 +1,277 @@
+"""Closed-form baselines for noisy linear regression (Raventos et al. 2023).
+
+Data: y_j = w.x_j + eps_j, eps_j ~ N(0, noise_std^2). Every estimator has
+`predict(xs, ys) -> (batch, n_points)` with xs (batch, n_points, n_dims) and ys (batch, n_points);
+output k uses only the pairs 0..k-1 and xs[:, k]. Inputs of any device are accepted; float64 inputs
+are computed in float64, everything else in float32, and the output has the input's dtype.
+
+Notation: G_k = sum_{j<k} x_j x_j^T, b_k = sum_{j<k} y_j x_j (exclusive prefix sums over pairs).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+# Elements of one (rows x pool chunk) work buffer when chunk_size is None: 2^23 float32 = 32 MiB,
+# so the few live buffers stay far below any memory limit while each torch op has enough work.
+CHUNK_ELEMENTS = 2**23
+
+# exp(-87) ~ 1.6e-38 is just above float32's smallest normal number.
+LOG_WEIGHT_FLOOR = -87.0
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_inputs(xs: Tensor, ys: Tensor, n_dims: int | None = None) -> None:
+    if xs.ndim != 3:
+        raise ValueError(f"xs must have shape (batch, n_points, n_dims), got {tuple(xs.shape)}")
+    if tuple(ys.shape) != tuple(xs.shape[:2]):
+        raise ValueError(f"ys must have shape {tuple(xs.shape[:2])}, got {tuple(ys.shape)}")
+    if n_dims is not None and xs.shape[2] != n_dims:
+        raise ValueError(f"xs has n_dims={xs.shape[2]} but the pool has n_dims={n_dims}")
+
+
+def _check_pool(pool: Tensor) -> Tensor:
+    pool = torch.as_tensor(pool)
+    if pool.ndim != 2 or pool.shape[0] == 0:
+        raise ValueError(f"pool must have shape (n_tasks >= 1, n_dims), got {tuple(pool.shape)}")
+    return pool
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
+
+
+def auto_chunk_size(n_rows: int, n_tasks: int) -> int:
+    """Pool rows per chunk so that n_rows * chunk stays near CHUNK_ELEMENTS (at least 1)."""
+    return max(1, min(n_tasks, CHUNK_ELEMENTS // max(1, n_rows)))
+
+
+def prefix_stats(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+    """Exclusive prefix sums G (batch, K, D, D) and b (batch, K, D); G[:, 0] = 0, b[:, 0] = 0."""
+    batch, n_points, n_dims = xs.shape
+    gram = xs.new_zeros(batch, n_points, n_dims, n_dims)
+    xty = xs.new_zeros(batch, n_points, n_dims)
+    # Pair k-1 is the last one position k may use, so the sums stop one short of the end.
+    torch.cumsum(xs[:, :-1, :, None] * xs[:, :-1, None, :], dim=1, out=gram[:, 1:])
+    torch.cumsum(xs[:, :-1] * ys[:, :-1, None], dim=1, out=xty[:, 1:])
+    return gram, xty
+
+
+def min_norm_predictions(xs: Tensor, ys: Tensor) -> Tensor:
+    """Minimum-norm least-squares prediction per position (0 at position 0), in xs's dtype.
+
+    Uses the SVD pseudo-inverse of each k x D prefix (not of G = X^T X, whose condition number is
+    squared); the loop runs over the K positions only.
+    """
+    batch, n_points, _ = xs.shape
+    preds = xs.new_zeros(batch, n_points)
+    for k in range(1, n_points):
+        w = torch.linalg.pinv(xs[:, :k]) @ ys[:, :k, None]  # (batch, D, 1)
+        preds[:, k] = (xs[:, k] * w[..., 0]).sum(-1)
+    return preds
+
+
+def stream_pool_mean(pool: Tensor, energy, n_rows: int, chunk_size: int | None) -> Tensor:
+    """Posterior mean sum_i softmax_i(-energy[r, i]) pool[i] for every row r: (n_rows, D).
+
+    `energy(chunk)` returns a fresh (n_rows, len(chunk)) tensor of negative log-weights (up to a
+    per-row constant); it is overwritten here. The pool is visited in chunks with a running
+    log-sum-exp (lowest energy so far, weighted sums of [w_i, 1] relative to it), so memory does not
+    grow with the pool size.
+    """
+    n_tasks, n_dims = pool.shape
+    chunk_size = chunk_size or auto_chunk_size(n_rows, n_tasks)
+    lowest = pool.new_full((n_rows,), math.inf)
+    # Columns: sum_i weight_i w_i, then sum_i weight_i (a column of ones saves a separate sum).
+    acc = pool.new_zeros(n_rows, n_dims + 1)
+    for start in range(0, n_tasks, chunk_size):
+        chunk = pool[start : start + chunk_size]
+        e = energy(chunk)
+        new_lowest = torch.minimum(lowest, e.amin(1))
+        # Rescale the sums so far to the new reference; on the first chunk exp(-inf) = 0.
+        decay = torch.exp(new_lowest - lowest)
+        # Clamping at LOG_WEIGHT_FLOOR keeps exp out of its (10x slower) subnormal range; it adds
+        # at most e^-87 ~ 2e-38 per task relative to the best weight, far below float32 resolution.
+        weights = torch.sub(new_lowest[:, None], e, out=e).clamp_(min=LOG_WEIGHT_FLOOR).exp_()
+        # linear() with a contiguous (D + 1, C) weight measured ~2x faster here than addmm_.
+        tasks = torch.cat([chunk.T, chunk.new_ones(1, len(chunk))]).contiguous()
+        acc.mul_(decay[:, None]).add_(torch.nn.functional.linear(weights, tasks))
+        lowest = new_lowest
+    return acc[:, :-1] / acc[:, -1:]
+
+
+class Ridge:
+    """Posterior mean for the prior w ~ N(0, prior_std^2 I): w_k = (G_k + lambda I)^-1 b_k.
+
+    lambda = noise_std^2 / prior_std^2; position 0 predicts 0. With noise_std == 0 (lambda = 0) G_k
+    is singular while k < D, so that case returns the minimum-norm least-squares solution (the
+    lambda -> 0 limit of ridge), computed as in LeastSquares.
+    """
+
+    name = "Ridge"
+
+    def __init__(self, noise_std: float, prior_std: float = 1.0):
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if not prior_std > 0:
+            raise ValueError(f"prior_std must be > 0, got {prior_std}")
+        self.noise_std = float(noise_std)
+        self.prior_std = float(prior_std)
+
+    @torch.no_grad()
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        _check_inputs(xs, ys)
+        dtype = _compute_dtype(xs.dtype)
+        xs_c, ys_c = xs.to(dtype), ys.to(dtype)
+        if self.noise_std == 0:
+            return min_norm_predictions(xs_c, ys_c).to(xs.dtype)
+        gram, xty = prefix_stats(xs_c, ys_c)
+        gram.diagonal(dim1=-2, dim2=-1).add_((self.noise_std / self.prior_std) ** 2)
+        w = torch.linalg.solve(gram, xty)  # one batched solve for all (sequence, position) pairs
+        return (xs_c * w).sum(-1).to(xs.dtype)
+
+    __call__ = predict
+
+
+class LeastSquares:
+    """Minimum-norm least squares on the pairs before each position; position 0 predicts 0."""
+
+    name = "Least squares"
+
+    @torch.no_grad()
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        _check_inputs(xs, ys)
+        dtype = _compute_dtype(xs.dtype)
+        return min_norm_predictions(xs.to(dtype), ys.to(dtype)).to(xs.dtype)
+
+    __call__ = predict
+
+
+class DMMSE:
+    """Bayes estimator for the uniform prior over a pool of tasks (M, D).
+
+    Position 0 predicts mean(pool).x_0; position k predicts sum_i pi_i (w_i . x_k) with
+    pi = softmax_i(-sum_{j<k} (y_j - w_i.x_j)^2 / (2 noise_std^2)). The residuals are summed
+    directly (not expanded via G and b) so the log-weights stay accurate when the noise is tiny.
+    All positions come from one pass over the pool, in chunks of chunk_size tasks (None: automatic,
+    shrinking with the batch so that batch * n_points * chunk_size is about CHUNK_ELEMENTS).
+    """
+
+    name = "dMMSE"
+
+    def __init__(self, pool: Tensor, noise_std: float, chunk_size: int | None = None):
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be > 0 for dMMSE, got {noise_std}")
+        _check_chunk_size(chunk_size)
+        self.pool = _check_pool(pool)
+        self.noise_std = float(noise_std)
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        _check_inputs(xs, ys, self.pool.shape[1])
+        batch, n_points, n_dims = xs.shape
+        dtype = _compute_dtype(xs.dtype)
+        xs_c, ys_c = xs.to(dtype), ys.to(dtype)
+        pool = self.pool.to(xs.device, dtype)
+        preds = xs_c.new_empty(batch, n_points)
+        preds[:, 0] = xs_c[:, 0] @ pool.mean(0)
+        if n_points > 1:
+            # Scaling by 1 / (sqrt(2) sigma) first makes a squared residual its energy directly.
+            # [x, y] . [w, -1] = w.x - y puts the residual subtraction inside the matrix product.
+            scale = 1.0 / (math.sqrt(2.0) * self.noise_std)
+            pairs = torch.cat([xs_c[:, :-1], ys_c[:, :-1, None]], dim=-1).reshape(-1, n_dims + 1)
+            pairs *= scale
+
+            def energy(chunk: Tensor) -> Tensor:
+                chunk = torch.cat([chunk, chunk.new_full((len(chunk), 1), -1.0)], dim=1)
+                e = (pairs @ chunk.T).square_()  # row (s, j): pair j of sequence s
+                # Inclusive sum over pairs 0..j = energy of position j + 1 (an exclusive prefix).
+                e.view(batch, n_points - 1, len(chunk)).cumsum_(1)
+                return e
+
+            w_bar = stream_pool_mean(pool, energy, batch * (n_points - 1), self.chunk_size)
+            preds[:, 1:] = (xs_c[:, 1:] * w_bar.view(batch, n_points - 1, n_dims)).sum(-1)
+        return preds.to(xs.dtype)
+
+    __call__ = predict
+
+
+class SmoothedDMMSE:
+    """Bayes estimator for the prior (1/M) sum_i N(w_i, s^2 I), s = smoothing_std > 0.
+
+    With S = sigma^2 I + s^2 G and H = S^-1, component i has posterior mean
+    m_i = A^-1 (b / sigma^2 + w_i / s^2) = H (s^2 b + sigma^2 w_i), A = G / sigma^2 + I / s^2, and
+    log-weight -1/2 r_i^T (sigma^2 I + s^2 X X^T)^-1 r_i, r_i = y - X w_i. By Woodbury and dropping
+    the terms that do not depend on i (they contain y^T y and b^T H b), the log-weight is
+        w_i^T H b - 1/2 w_i^T (H G) w_i,
+    with H G formed directly (never as (I - sigma^2 H) / s^2, which cancels catastrophically for
+    small s). The prediction sum_i pi_i m_i . x_k is then (H x_k) . (s^2 b + sigma^2 w_bar) with
+    w_bar = sum_i pi_i w_i, streamed over pool chunks like DMMSE; with no data the weights are
+    uniform and the prediction is mean(pool) . x_0.
+
+    Precision: unlike DMMSE the residuals are expanded, so float32 log-weights carry absolute errors
+    of about 1e-7 (|w|^2 |G|) / min(noise_std^2, s^2 |G|); and the sufficient statistics cannot
+    resolve noise_std^2 below about 1e-7 s^2 |G|. Pass float64 inputs for such extreme settings.
+    """
+
+    name = "Smoothed dMMSE"
+
+    def __init__(
+        self,
+        pool: Tensor,
+        noise_std: float,
+        smoothing_std: float,
+        chunk_size: int | None = None,
+    ):
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be > 0 for smoothed dMMSE, got {noise_std}")
+        if not smoothing_std > 0:
+            raise ValueError(f"smoothing_std must be > 0, got {smoothing_std}")
+        _check_chunk_size(chunk_size)
+        self.pool = _check_pool(pool)
+        self.noise_std = float(noise_std)
+        self.smoothing_std = float(smoothing_std)
+        self.chunk_size = chunk_size
+
+    @torch.no_grad()
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        _check_inputs(xs, ys, self.pool.shape[1])
+        batch, n_points, n_dims = xs.shape
+        dtype = _compute_dtype(xs.dtype)
+        xs_c, ys_c = xs.to(dtype), ys.to(dtype)
+        pool = self.pool.to(xs.device, dtype)
+        var_noise, var_smooth = self.noise_std**2, self.smoothing_std**2
+        gram, xty = prefix_stats(xs_c, ys_c)
+        cov = gram * var_smooth
+        cov.diagonal(dim1=-2, dim2=-1).add_(var_noise)
+        # One solve gives H G, H b and H x_k for every (sequence, position).
+        sol = torch.linalg.solve(cov, torch.cat([gram, xty[..., None], xs_c[..., None]], dim=-1))
+        hg, hb, hx = sol[..., :n_dims], sol[..., n_dims], sol[..., n_dims + 1]
+        # Energy_i = 1/2 w^T (HG) w - w . Hb as one matrix product over [w, w_a w_b (a <= b)].
+        rows, cols = torch.triu_indices(n_dims, n_dims, device=xs.device)
+        pair_coef = torch.where(
+            rows == cols, hg[..., rows, cols], hg[..., rows, cols] + hg[..., cols, rows]
+        )
+        features = torch.cat([-hb, 0.5 * pair_coef], dim=-1).reshape(
+            batch * n_points, len(rows) + n_dims
+        )
+
+        def energy(chunk: Tensor) -> Tensor:
+            return features @ torch.cat([chunk, chunk[:, rows] * chunk[:, cols]], dim=1).T
+
+        w_bar = stream_pool_mean(pool, energy, batch * n_points, self.chunk_size)
+        w_bar = w_bar.view(batch, n_points, n_dims)
+        preds = (hx * (var_smooth * xty + var_noise * w_bar)).sum(-1)
+        return preds.to(xs.dtype)
+
+    __call__ = predict

@@ -94,7 +94,9 @@ class AutoregressiveTaskConfig:
     def __post_init__(self):
         _require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
         _require(self.n_steps >= 1, "task.n_steps", self.n_steps, "an integer >= 1")
-        _require(self.w_family in W_FAMILIES, "task.w_family", self.w_family, f"one of {W_FAMILIES}")
+        _require(
+            self.w_family in W_FAMILIES, "task.w_family", self.w_family, f"one of {W_FAMILIES}"
+        )
         _require(self.mu >= 1, "task.mu", self.mu, "a number >= 1")
         _require(
             self.rotation_basis in ("canonical", "random"),
@@ -102,11 +104,18 @@ class AutoregressiveTaskConfig:
             self.rotation_basis,
             "one of ('canonical', 'random')",
         )
-        _require(self.start in ("fixed", "random"), "task.start", self.start, "one of ('fixed', 'random')")
+        _require(
+            self.start in ("fixed", "random"),
+            "task.start",
+            self.start,
+            "one of ('fixed', 'random')",
+        )
         _require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
         _require(self.basis_seed >= 0, "task.basis_seed", self.basis_seed, "an integer >= 0")
         if self.w_family == "rotations":
-            _require(self.n_dims % 2 == 0, "task.n_dims", self.n_dims, "an even integer for rotations")
+            _require(
+                self.n_dims % 2 == 0, "task.n_dims", self.n_dims, "an even integer for rotations"
+            )
         if self.w_family == "orthogonal":  # Haar W has no angle distribution to scale
             _require(self.mu == 1, "task.mu", self.mu, "1 for w_family = 'orthogonal' (Haar W)")
         if self.w_family != "rotations":
@@ -161,8 +170,8 @@ class LinearAttentionConfig:
     attention: `linear` (no softmax), `softmax`, or `pe_only` (only a position matrix P is
     learned: weight P[t, t'] times <s_{t-1}, s_t'>; ignores tokens and n_embd). tokens:
     `augmented` e_t = (s_t, s_{t-1}) or `plain` e_t = s_t with a learned positional encoding.
-    n_embd = 0 means the token width (2 n_dims augmented, n_dims plain). Weights start as
-    N(0, init_std^2).
+    n_embd is the residual width, >= a prediction slot of n_dims plus the token; 0 means exactly
+    that, rounded up to a multiple of n_heads. Weights start as N(0, init_std^2).
     """
 
     family: str = "linear_attention"
@@ -180,12 +189,12 @@ class LinearAttentionConfig:
         _require(self.tokens in TOKENS, "model.tokens", self.tokens, f"one of {TOKENS}")
         _require(self.n_layers >= 1, "model.n_layers", self.n_layers, "an integer >= 1")
         _require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")
-        _require(self.n_embd >= 0, "model.n_embd", self.n_embd, "an integer >= 0 (0 = token width)")
+        _require(self.n_embd >= 0, "model.n_embd", self.n_embd, "an integer >= 0 (0 = automatic)")
         _require(
             self.n_embd % self.n_heads == 0,
             "model.n_embd",
             self.n_embd,
-            f"a multiple of model.n_heads = {self.n_heads} (or 0 = token width)",
+            f"a multiple of model.n_heads = {self.n_heads} (or 0 = automatic)",
         )
         if self.attention == "pe_only":
             only_one = "1 for attention = 'pe_only'"
@@ -234,7 +243,9 @@ class TrainConfig:
         _require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _require(self.lr > 0, "train.lr", self.lr, "a number > 0")
-        _require(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _require(
+            self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}"
+        )
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
         _require(self.schedule in SCHEDULES, "train.schedule", self.schedule, f"one of {SCHEDULES}")
         _require(
@@ -263,7 +274,10 @@ class EvalConfig:
     def __post_init__(self):
         _require(self.n_sequences >= 1, "eval.n_sequences", self.n_sequences, "an integer >= 1")
         _require(
-            self.eval_batch_size >= 1, "eval.eval_batch_size", self.eval_batch_size, "an integer >= 1"
+            self.eval_batch_size >= 1,
+            "eval.eval_batch_size",
+            self.eval_batch_size,
+            "an integer >= 1",
         )
         _require(self.eval_seed >= 0, "eval.eval_seed", self.eval_seed, "an integer >= 0")
 
@@ -349,7 +363,9 @@ def config_from_dict(data: dict) -> RunConfig:
     """Build and validate a RunConfig from nested {section: {key: value}}."""
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}]; allowed sections: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown section [{section}]; allowed sections: {', '.join(SECTIONS)}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table of key = value pairs, got {values!r}")
     return RunConfig(**{s: _build_section(s, data.get(s, {})) for s in SECTIONS})
@@ -376,7 +392,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not section:
             section = _section_of(name, data)
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section in {key!r}; allowed sections: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"unknown section in {key!r}; allowed sections: {', '.join(SECTIONS)}"
+            )
         data.setdefault(section, {})[name] = value
     return data
 

@@ -8,13 +8,15 @@ divided by D (n_dims), as the papers report them:
     mse[name][k]      = E[(f(S_k) - y_k)^2] / D
     delta["A,B"][k]   = E[(f_A(S_k) - f_B(S_k))^2] / D      (Delta_{A,B} of papers.md, per position)
 
-and `*_mean` are the averages over positions.
+and `*_mean` are the averages over positions. Autoregressive tasks: see evaluate_autoregressive
+(positions t = 0..T-1 predict s_{t+1}; errors |.|^2 per coordinate, divided by d).
 """
 
 from collections.abc import Callable
 
 import torch
 
+from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
 from iclab.tasks.regression import RegressionTask
 
 MODEL_NAME = "PT"
@@ -79,12 +81,98 @@ def evaluate_model(
     model: torch.nn.Module, task, n_sequences: int, seed: int, batch_size: int = 4096
 ) -> dict:
     """Evaluate a trained model against its task's Bayes baselines (model in eval mode, fp32)."""
-    if not isinstance(task, RegressionTask):
+    if not isinstance(task, RegressionTask | AutoregressiveTask):
         raise TypeError(f"no Delta-metric evaluation for {type(task).__name__}; see iclab.analysis")
     was_training = model.training
     model.eval()
     try:
+        if isinstance(task, AutoregressiveTask):
+            return evaluate_autoregressive_model(model, task, n_sequences, seed, batch_size)
         predictors = {MODEL_NAME: model, **regression_baselines(task)}
         return evaluate(task, predictors, REGRESSION_PAIRS, n_sequences, seed, batch_size)
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoregressive sequences: predictors are called as predict(inputs, ws) -> (batch, T, d), where
+# inputs = states[:, :-1] and output t predicts s_{t+1}; errors are |.|^2 (complex states count a
+# coordinate once), summed over coordinates, averaged over sequences and divided by d.
+# ---------------------------------------------------------------------------------------------
+def autoregressive_baselines(task) -> tuple[dict[str, Callable], dict]:
+    """Oracle, least squares, one-step GD at the optimal eta, and the family's exact shortcut
+    (LastPair for unitary W, CosineRecurrence for rotations); also returns the eta used."""
+    from iclab.estimators.autoregressive import (
+        CosineRecurrence,
+        LastPair,
+        LeastSquares,
+        OneStepGD,
+        Oracle,
+        optimal_eta,
+    )
+
+    eta = optimal_eta(task.config)
+    baselines = {
+        "Oracle": Oracle(),
+        "LeastSquares": LeastSquares(),
+        "OneStepGD": OneStepGD(eta.overall),
+    }
+    if task.config.w_family == "unitary":
+        baselines["LastPair"] = LastPair()
+    if task.config.w_family == "rotations":
+        baselines["CosineRecurrence"] = CosineRecurrence(task.basis)
+    return baselines, {"overall": eta.overall, "method": eta.method}
+
+
+@torch.inference_mode()
+def evaluate_autoregressive(
+    task,
+    predictors: dict[str, Callable],
+    pairs: tuple[tuple[str, str], ...],
+    n_sequences: int,
+    seed: int,
+    batch_size: int = 4096,
+) -> dict:
+    """MSE of every predictor and Delta of every pair per position (T of them), on `true`."""
+
+    def error_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        difference = a.to(torch.complex128 if a.is_complex() else torch.float64) - b
+        return squared_modulus(difference).sum(dim=(0, 2))
+
+    mse_sums: dict[str, torch.Tensor] = {}
+    delta_sums: dict[str, torch.Tensor] = {}
+    for index, start in enumerate(range(0, n_sequences, batch_size)):
+        states, ws = task.eval_sample("true", seed, index, min(batch_size, n_sequences - start))
+        inputs, target = states[:, :-1], states[:, 1:]
+        predictions = {name: predict(inputs, ws) for name, predict in predictors.items()}
+        for name, prediction in predictions.items():
+            mse_sums[name] = mse_sums.get(name, 0) + error_sums(prediction, target)
+        for a, b in pairs:
+            key = f"{a},{b}"
+            delta_sums[key] = delta_sums.get(key, 0) + error_sums(predictions[a], predictions[b])
+    to_list = lambda total: (total / (n_sequences * task.config.n_dims)).tolist()  # noqa: E731
+    mse = {name: to_list(total) for name, total in mse_sums.items()}
+    delta = {name: to_list(total) for name, total in delta_sums.items()}
+    result = {
+        "mse": mse,
+        "delta": delta,
+        "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
+        "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
+    }
+    return {"n_sequences": n_sequences, "distributions": {"true": result}}
+
+
+def evaluate_autoregressive_model(
+    model: torch.nn.Module, task, n_sequences: int, seed: int, batch_size: int = 4096
+) -> dict:
+    """The model ("PT") against the autoregressive baselines; Delta of PT vs each of them."""
+    baselines, eta = autoregressive_baselines(task)
+
+    def pretrained(inputs: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        prediction = model(inputs)
+        return prediction if prediction.is_complex() else prediction.float()
+
+    predictors = {MODEL_NAME: pretrained, **baselines}
+    pairs = tuple((MODEL_NAME, name) for name in baselines if name != "Oracle")
+    result = evaluate_autoregressive(task, predictors, pairs, n_sequences, seed, batch_size)
+    return {**result, "one_step_gd_eta": eta}

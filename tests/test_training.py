@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_overrides
 
 from iclab.checkpoints import CheckpointError, load_checkpoint
 from iclab.config import apply_overrides, config_from_dict
 from iclab.results import CHECKPOINT_FILE, read_metrics
 from iclab.tasks.regression import RegressionTask
 from iclab.training import TrainingDiverged, build_model, learning_rate, train
-from helpers import tiny_overrides
 
 
 def make_config(**extra):
@@ -28,9 +28,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     config = make_config(n_tasks=8)
     whole = train(config, tmp_path / "whole", progress=False)
     train(config, tmp_path / "split", progress=False, stop_after=20)
-    assert json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 20
+    assert (
+        json.loads((tmp_path / "split" / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+        == 20
+    )
     resumed = train(config, tmp_path / "split", resume=True, progress=False)
-    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(
+        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
     assert [r["step"] for r in read_metrics(tmp_path / "split")] == [20, 40]
     assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "whole")
@@ -90,6 +95,8 @@ def test_learning_rate_schedules(schedule):
 
 
 def test_bfloat16_autocast_trains():
-    config = make_config(n_tasks=1, n_embd=32, steps=200, batch_size=32, lr=3e-3, dtype='"bfloat16"')
+    config = make_config(
+        n_tasks=1, n_embd=32, steps=200, batch_size=32, lr=3e-3, dtype='"bfloat16"'
+    )
     result = train(config, progress=False)
     assert result.final_loss < 0.3 * (config.task.n_dims + config.task.noise_std**2)

@@ -42,9 +42,13 @@ def load_checkpoint(
         metadata = _read_metadata(data)
         step = int(metadata["step"])
     except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {error}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {error}"
+        ) from None
     device = next(model.parameters()).device
-    weights = {k[len("model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("model.")}
+    weights = {
+        k[len("model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("model.")
+    }
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
@@ -60,7 +64,9 @@ def load_checkpoint(
         try:
             optimizer.load_state_dict({"state": state, "param_groups": groups})
         except (ValueError, KeyError) as error:
-            raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit: {error}") from None
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: optimizer state does not fit: {error}"
+            ) from None
     return step
 
 

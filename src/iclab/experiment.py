@@ -13,7 +13,9 @@ from iclab.training import build_model, resolve_device, train
 MSE_FIGURE = "mse_per_position.png"
 
 
-def run(config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def run(
+    config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True
+) -> dict:
     """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json."""
     result = train(config, run_dir, resume=resume, progress=progress)
     evaluation = evaluate_model(

@@ -45,7 +45,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+        raise RuntimeError(
+            "train.device = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'"
+        )
     return torch.device(name)
 
 
@@ -132,7 +134,11 @@ def train(
     loss_sum = torch.zeros((), device=device)
     loss_count, last_loss = 0, float("nan")
     bar = tqdm(
-        total=train_config.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True
+        total=train_config.steps,
+        initial=start,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
     )
     started = time.perf_counter()
     for step in range(start, end):
@@ -165,8 +171,14 @@ def train(
                 )
             bar.set_postfix(loss=f"{last_loss:.4f}")
             bar.update(done - bar.n)
-        if run_dir is not None and (done % train_config.eval_every == 0 or done == train_config.steps):
-            record = {"step": done, "train_loss": last_loss, "lr": learning_rate(train_config, step)}
+        if run_dir is not None and (
+            done % train_config.eval_every == 0 or done == train_config.steps
+        ):
+            record = {
+                "step": done,
+                "train_loss": last_loss,
+                "lr": learning_rate(train_config, step),
+            }
             record["eval"] = evaluate_model(
                 model,
                 task,

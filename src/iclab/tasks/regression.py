@@ -62,7 +62,9 @@ class RegressionTask:
         ys = torch.einsum("bkd,bd->bk", xs, ws) + c.noise_std * noise
         return xs, ys, ws
 
-    def train_batch(self, seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, seed: int, step: int, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pretraining batch of `step`: a pure function of (seed, step)."""
         generator = make_generator(self.device, seed, TRAIN_STREAM, step)
         xs, ys, _ = self.sample(generator, batch_size, "pretrain")

@@ -1,0 +1,161 @@
+"""The CPU demo: the task-diversity study of Raventos et al. 2023 in miniature.
+
+Trains the `tiny` preset for several task diversities M (powers of 4 and infinity), evaluates each
+run against Ridge and dMMSE on the pretraining pool and on the true prior, prints a table, draws the
+Delta-vs-log2 M figure and checks the paper's two regimes:
+
+- Bayesian: at the smallest M, on the pretraining pool, Delta_PT,dMMSE < Delta_PT,Ridge / 3;
+- non-Bayesian ICL: at some finite M where dMMSE is still far from Ridge on the true prior
+  (Delta_dMMSE,Ridge >= 2 Delta_PT,Ridge), Delta_PT,Ridge <= Delta_PT,dMMSE / 2 there.
+
+Runs already completed in the output directory are reused, unfinished ones resume.
+"""
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from iclab.config import RunConfig, load_config
+from iclab.results import EVAL_FILE, format_table
+
+DEMO_PRESET = "tiny"
+DEMO_TASK_DIVERSITIES = (1, 4, 16, 64, 256, 1024, 4096, None)
+BAYESIAN_FACTOR = 3.0
+NON_BAYESIAN_FACTOR = 2.0
+
+
+@dataclass
+class DemoReport:
+    rows: list[dict]  # one per M: n_tasks and the mean Deltas on both distributions
+    checks: dict[str, tuple[bool, str]]  # name -> (holds, explanation with the numbers)
+    figure: Path
+    seconds: float
+
+    @property
+    def all_hold(self) -> bool:
+        return all(holds for holds, _ in self.checks.values())
+
+
+def run_label(n_tasks: int | None) -> str:
+    return "M=inf" if n_tasks is None else f"M={n_tasks}"
+
+
+def _train_one(config: RunConfig, run_dir: Path, threads: int) -> dict:
+    """Train and evaluate one run (or reuse its eval.json); runs in a worker process."""
+    import torch
+
+    from iclab.experiment import run
+
+    torch.set_num_threads(threads)
+    eval_path = run_dir / EVAL_FILE
+    if eval_path.exists():
+        return json.loads(eval_path.read_text())
+    resume = (run_dir / "config.toml").exists()
+    return run(config, run_dir, resume=resume, progress=False)
+
+
+def summarize(n_tasks: int | None, evaluation: dict) -> dict:
+    row = {"n_tasks": n_tasks}
+    for distribution, result in evaluation["distributions"].items():
+        for pair, value in result["delta_mean"].items():
+            row[f"{distribution}:{pair}"] = value
+        row[f"{distribution}:MSE PT"] = result["mse_mean"]["PT"]
+    return row
+
+
+def check_regimes(rows: list[dict]) -> dict[str, tuple[bool, str]]:
+    """The demo's two numeric conditions, each with the numbers that decide it."""
+    smallest = min((r for r in rows if r["n_tasks"] is not None), key=lambda r: r["n_tasks"])
+    to_dmmse, to_ridge = smallest["pretrain:PT,dMMSE"], smallest["pretrain:PT,Ridge"]
+    bayesian = (
+        to_dmmse < to_ridge / BAYESIAN_FACTOR,
+        f"{run_label(smallest['n_tasks'])}, pretraining pool: Delta_PT,dMMSE = {to_dmmse:.4g} "
+        f"{'<' if to_dmmse < to_ridge / BAYESIAN_FACTOR else '>='} Delta_PT,Ridge / 3 = "
+        f"{to_ridge / BAYESIAN_FACTOR:.4g}",
+    )
+    candidates = []
+    for row in rows:
+        if row["n_tasks"] is None:
+            continue
+        pt_ridge, pt_dmmse = row["true:PT,Ridge"], row["true:PT,dMMSE"]
+        dmmse_ridge = row["true:dMMSE,Ridge"]
+        far = dmmse_ridge >= NON_BAYESIAN_FACTOR * pt_ridge
+        closer = pt_ridge <= pt_dmmse / NON_BAYESIAN_FACTOR
+        candidates.append(
+            (
+                far and closer,
+                f"{run_label(row['n_tasks'])}, true prior: Delta_dMMSE,Ridge = {dmmse_ridge:.4g} "
+                f"(>= 2 x Delta_PT,Ridge: {far}), Delta_PT,Ridge = {pt_ridge:.4g} <= "
+                f"Delta_PT,dMMSE / 2 = {pt_dmmse / 2:.4g}: {closer}",
+            )
+        )
+    passing = [c for c in candidates if c[0]]
+    non_bayesian = (
+        passing[0]
+        if passing
+        else (False, "no finite M meets both: " + "; ".join(text for _, text in candidates))
+    )
+    return {"Bayesian regime (small M)": bayesian, "non-Bayesian ICL (finite M)": non_bayesian}
+
+
+def format_rows(rows: list[dict]) -> str:
+    pairs = ("PT,Ridge", "PT,dMMSE", "dMMSE,Ridge")
+    header = ["M", "log2 M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in pairs]
+    table = []
+    for row in rows:
+        m = row["n_tasks"]
+        log2 = "inf" if m is None else f"{m.bit_length() - 1}"
+        table.append(
+            [run_label(m)[2:], log2]
+            + [row[f"{d}:{p}"] for d in ("pretrain", "true") for p in pairs]
+        )
+    return "Delta metrics (mean over positions, MSE/D):\n" + format_table(header, table)
+
+
+def run_demo(
+    out_dir: Path,
+    task_diversities: tuple[int | None, ...] = DEMO_TASK_DIVERSITIES,
+    overrides: tuple[str, ...] = (),
+    workers: int | None = None,
+    progress: bool = True,
+) -> DemoReport:
+    """Train, evaluate, tabulate, plot and check; see the module docstring."""
+    from iclab.plots import plot_task_diversity
+
+    started = time.perf_counter()
+    base = load_config(DEMO_PRESET, list(overrides))
+    configs = {
+        m: dataclasses.replace(base, task=dataclasses.replace(base.task, n_tasks=m))
+        for m in task_diversities
+    }
+    workers = workers or min(len(configs), os.cpu_count() or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    out_dir = Path(out_dir)
+    evaluations = {}
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(_train_one, config, out_dir / run_label(m), threads): m
+            for m, config in configs.items()
+        }
+        with tqdm(total=len(futures), disable=not progress, unit="run", desc="demo") as bar:
+            for future in as_completed(futures):
+                evaluations[futures[future]] = future.result()
+                bar.update()
+    rows = [summarize(m, evaluations[m]) for m in task_diversities]
+    checks = check_regimes(rows)
+    figure = plot_task_diversity(rows, out_dir / "task_diversity.png")
+    report = DemoReport(rows, checks, figure, time.perf_counter() - started)
+    print(format_rows(rows))
+    for name, (holds, text) in checks.items():
+        print(f"{'HOLDS' if holds else 'FAILS'}  {name}: {text}")
+    print(f"figure: {figure}\nwall time: {report.seconds:.0f} s")
+    return report

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import tiny_overrides
+
+from iclab.cli import main
+
+CONFIG = """
+[task]
+n_dims = 4
+n_points = 8
+n_tasks = 16
+noise_std = 0.5
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def set_args(**extra) -> list[str]:
+    return [arg for override in tiny_overrides(**extra) for arg in ("--set", override)]
+
+
+def test_train_then_eval_end_to_end(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(config_file), "--out", str(out), "--no-progress", *set_args()])
+    assert code == 0
+    for name in ("config.toml", "metrics.jsonl", "checkpoint.safetensors", "eval.json"):
+        assert (out / name).is_file(), name
+    assert (out / "mse_per_position.png").stat().st_size > 10_000
+    evaluation = json.loads((out / "eval.json").read_text())
+    true = evaluation["distributions"]["true"]
+    assert len(true["mse"]["PT"]) == 8 and evaluation["n_sequences"] == 128
+    # On the true prior Ridge is the posterior mean, so no predictor beats it by more than noise.
+    assert true["mse_mean"]["Ridge"] <= true["mse_mean"]["PT"] + 0.05
+    printed = capsys.readouterr().out
+    assert "Delta PT,Ridge" in printed and "MSE/D dMMSE" in printed
+
+    assert main(["eval", str(out), "--n-sequences", "256"]) == 0
+    assert json.loads((out / "eval.json").read_text())["n_sequences"] == 256
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--set", "n_tasks=0"],
+        ["--set", "n_dims=0"],
+        ["--set", "noise_std=-1"],
+        ["--set", "n_heads=3"],
+        ["--set", "lr=abc"],
+        ["--set", "colour=red"],
+    ],
+)
+def test_config_errors_exit_2_and_write_nothing(config_file, tmp_path, capsys, bad):
+    out = tmp_path / "never"
+    assert main(["train", str(config_file), "--out", str(out), *bad]) == 2
+    assert not out.exists()
+    assert "config error" in capsys.readouterr().err
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "x")]) == 2
+    assert "nope.toml' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_run_is_not_overwritten(config_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(config_file), "--out", str(out), "--no-progress", *set_args(steps=20)]
+    assert main(args) == 0
+    checkpoint = (out / "checkpoint.safetensors").read_bytes()
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "checkpoint.safetensors").read_bytes() == checkpoint
+
+
+def test_console_script_lists_presets():
+    script = Path(sys.executable).with_name("iclab")
+    listing = subprocess.run([script, "presets"], capture_output=True, text=True, check=True)
+    assert all(name in listing.stdout for name in ("base", "small", "tiny"))

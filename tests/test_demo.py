@@ -1,0 +1,48 @@
+import pytest
+
+from iclab.demo import check_regimes, run_demo
+
+
+def row(n_tasks, pre, true):
+    """pre/true: (Delta PT,Ridge, Delta PT,dMMSE, Delta dMMSE,Ridge)."""
+    out = {"n_tasks": n_tasks}
+    for distribution, values in (("pretrain", pre), ("true", true)):
+        for pair, value in zip(("PT,Ridge", "PT,dMMSE", "dMMSE,Ridge"), values, strict=True):
+            out[f"{distribution}:{pair}"] = value
+    return out
+
+
+def test_regime_checks_decide_on_the_numbers():
+    bayes = row(1, (0.9, 0.01, 1.0), (2.0, 1.5, 3.0))
+    ridge_like = row(256, (0.5, 0.4, 0.6), (0.05, 0.6, 0.5))
+    infinite = row(None, (0.01, 0.01, 0.0), (0.01, 0.01, 0.0))
+    checks = check_regimes([bayes, ridge_like, infinite])
+    assert all(holds for holds, _ in checks.values())
+    assert "M=256" in checks["non-Bayesian ICL (finite M)"][1]
+
+    not_bayes = row(1, (0.9, 0.4, 1.0), (2.0, 1.5, 3.0))
+    assert not check_regimes([not_bayes, ridge_like])["Bayesian regime (small M)"][0]
+    # dMMSE already close to Ridge: PT being Ridge-like there is no evidence of non-Bayesian ICL.
+    dmmse_is_ridge = row(256, (0.5, 0.4, 0.6), (0.05, 0.11, 0.06))
+    assert not check_regimes([bayes, dmmse_is_ridge])["non-Bayesian ICL (finite M)"][0]
+
+
+def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
+    overrides = ("n_layers=1", "n_embd=16", "steps=30", "eval_every=30", "n_sequences=256")
+    report = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)
+    assert [r["n_tasks"] for r in report.rows] == [1, 16, None]
+    assert report.figure.stat().st_size > 10_000
+    infinite = report.rows[-1]
+    assert infinite["true:dMMSE,Ridge"] == 0.0  # M = inf: dMMSE is Ridge
+    assert report.rows[0]["pretrain:dMMSE,Ridge"] > 0.1
+    printed = capsys.readouterr().out
+    assert "wall time" in printed and "Bayesian regime" in printed
+    # A second call reuses the completed runs instead of training again.
+    again = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)
+    assert again.rows == report.rows
+
+
+@pytest.mark.slow
+def test_full_demo_shows_both_regimes(tmp_path):
+    report = run_demo(tmp_path, progress=False)
+    assert report.all_hold, report.checks

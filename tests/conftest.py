@@ -3,6 +3,7 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _small_thread_pool():
-    # The suite runs on 2 cores; tiny models gain nothing from more threads.
-    torch.set_num_threads(2)
+def _one_thread_per_worker():
+    # pytest runs on two worker processes (pytest-xdist, -n 2), one per core; the tiny tensors of
+    # these tests run faster on one thread each than when the workers compete for both cores.
+    torch.set_num_threads(1)

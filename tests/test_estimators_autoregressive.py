@@ -17,13 +17,6 @@ from iclab.seeding import make_generator
 from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # After conftest's 2-thread fixture: these tiny tensors run far slower on 2 threads when the
-    # machine is shared (measured: 200 training steps 4.6 s on 1 thread, 15-45 s on 2).
-    torch.set_num_threads(1)
-
-
 def sample(n: int = 6, seed: int = 0, **fields) -> tuple[torch.Tensor, torch.Tensor]:
     task = AutoregressiveTask(AutoregressiveTaskConfig(**fields), "cpu")
     return task.sample(make_generator("cpu", seed), n)

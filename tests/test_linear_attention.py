@@ -19,14 +19,6 @@ from iclab.seeding import make_generator
 from iclab.tasks.autoregressive import AutoregressiveTask
 from iclab.training import train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # After conftest's 2-thread fixture: these tiny tensors run far slower on 2 threads when the
-    # machine is shared (measured: 200 training steps 4.6 s on 1 thread, 15-45 s on 2).
-    torch.set_num_threads(1)
-
-
 MODES = [
     ("linear", "augmented"),
     ("linear", "plain"),

@@ -13,7 +13,6 @@ from iclab.theory.diagonal_attention import (
     structure_report,
 )
 
-torch.set_num_threads(1)
 F64 = torch.float64
 
 
@@ -72,9 +71,12 @@ def test_model_shapes_and_exact_solutions():
     P = torch.eye(t, dtype=F64) - 0.5 * torch.diag(torch.ones(t - 1, dtype=F64), -1)
     pred = diagonal_attention_predict(heads, heads, P, states)
     torch.testing.assert_close(pred, states[:, 2:])
+    # As a model it has the predictors' call shape: s_0 .. s_{T-1} in, output t predicts s_{t+1}.
     model = DiagonalAttention(d, 3, t).double()
+    out = model(states[:, :-1])
+    assert out.shape == (8, t, d) and not out[:, 0].any()
     torch.testing.assert_close(
-        model(states), diagonal_attention_predict(model.A, model.B, model.P, states)
+        out[:, 1:], diagonal_attention_predict(model.A, model.B, model.P, states)
     )
     assert closed_form_loss(heads, heads, P, "rotations") < 1e-20
 

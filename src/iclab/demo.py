@@ -1,6 +1,6 @@
 """The CPU demo: the task-diversity study of Raventos et al. 2023 in miniature.
 
-Trains the `tiny` preset for several task diversities M (powers of 4 and infinity), evaluates each
+Trains the `tiny` preset for several task diversities M (powers of 8 and infinity), evaluates each
 run against Ridge and dMMSE on the pretraining pool and on the true prior, prints a table, draws the
 Delta-vs-log2 M figure and checks the paper's two regimes:
 
@@ -16,7 +16,7 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from iclab.config import RunConfig, load_config
 from iclab.results import EVAL_FILE, format_table
 
 DEMO_PRESET = "tiny"
-DEMO_TASK_DIVERSITIES = (1, 4, 16, 64, 256, 1024, 4096, None)
+DEMO_TASK_DIVERSITIES = (1, 8, 64, 512, 4096, None)
 BAYESIAN_FACTOR = 3.0
 NON_BAYESIAN_FACTOR = 2.0
 
@@ -47,8 +47,9 @@ def run_label(n_tasks: int | None) -> str:
     return "M=inf" if n_tasks is None else f"M={n_tasks}"
 
 
-def _train_one(config: RunConfig, run_dir: Path, threads: int) -> dict:
-    """Train and evaluate one run (or reuse its eval.json); runs in a worker process."""
+def _train_one(config: RunConfig, run_dir: Path, threads: int, reports, key) -> dict:
+    """Train and evaluate one run (or reuse its eval.json) in a worker process; steps done are
+    put on the `reports` queue as (key, steps)."""
     import torch
 
     from iclab.experiment import run
@@ -58,7 +59,8 @@ def _train_one(config: RunConfig, run_dir: Path, threads: int) -> dict:
     if eval_path.exists():
         return json.loads(eval_path.read_text())
     resume = (run_dir / "config.toml").exists()
-    return run(config, run_dir, resume=resume, progress=False)
+    on_log = lambda done, loss: reports.put((key, done))  # noqa: E731
+    return run(config, run_dir, resume=resume, progress=False, on_log=on_log)
 
 
 def summarize(n_tasks: int | None, evaluation: dict) -> dict:
@@ -141,15 +143,30 @@ def run_demo(
     evaluations = {}
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    steps_done = dict.fromkeys(configs, 0)
+    total_steps = sum(config.train.steps for config in configs.values())
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+        tqdm(total=total_steps, disable=not progress, unit="step", desc="demo") as bar,
+    ):
+        reports = manager.Queue()
         futures = {
-            pool.submit(_train_one, config, out_dir / run_label(m), threads): m
+            pool.submit(_train_one, config, out_dir / run_label(m), threads, reports, m): m
             for m, config in configs.items()
         }
-        with tqdm(total=len(futures), disable=not progress, unit="run", desc="demo") as bar:
-            for future in as_completed(futures):
-                evaluations[futures[future]] = future.result()
-                bar.update()
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0)
+            while not reports.empty():
+                m, steps = reports.get()
+                steps_done[m] = steps
+            for future in finished:
+                m = futures[future]
+                evaluations[m] = future.result()
+                steps_done[m] = configs[m].train.steps
+                bar.set_postfix_str(f"{len(evaluations)}/{len(configs)} runs done")
+            bar.update(sum(steps_done.values()) - bar.n)
     rows = [summarize(m, evaluations[m]) for m in task_diversities]
     checks = check_regimes(rows)
     figure = plot_task_diversity(rows, out_dir / "task_diversity.png")

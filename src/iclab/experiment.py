@@ -1,5 +1,6 @@
 """One run end to end: train, evaluate on the full evaluation set, write eval.json."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from iclab.checkpoints import load_checkpoint
@@ -14,10 +15,16 @@ MSE_FIGURE = "mse_per_position.png"
 
 
 def run(
-    config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True
+    config: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_log: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json."""
-    result = train(config, run_dir, resume=resume, progress=progress)
+    """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json.
+
+    on_log is passed to training.train (progress reports from worker processes)."""
+    result = train(config, run_dir, resume=resume, progress=progress, on_log=on_log)
     evaluation = evaluate_model(
         result.model,
         result.task,

@@ -81,3 +81,135 @@ def plot_mse_per_position(evaluation: dict, path: Path, pdf: bool = False) -> Pa
         axis.grid(alpha=0.3)
         axis.legend()
     return _save(figure, path, pdf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoregressive study (Sander et al. 2024): parameters, positional weights, step sizes, training
+# ---------------------------------------------------------------------------------------------
+def _array(values):
+    import numpy as np
+
+    if hasattr(values, "detach"):
+        values = values.detach().cpu()
+        values = values.abs() if values.is_complex() else values
+        values = values.double().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def plot_heatmaps(
+    panels: list[tuple],
+    path: Path,
+    n_columns: int = 2,
+    ticks: list[str] | None = None,
+    pdf: bool = False,
+) -> Path:
+    """One heatmap per panel (title, 2-D array or tensor, x label, y label), each with a colorbar.
+    Arrays with negative entries use a diverging map centred at 0; complex tensors show moduli.
+    ticks labels the axes of panels whose size matches it."""
+    n_rows = math.ceil(len(panels) / n_columns)
+    figure, axes = plt.subplots(n_rows, n_columns, figsize=(4.2 * n_columns, 3.6 * n_rows))
+    axes = [axes] if len(panels) == 1 else list(getattr(axes, "flat", axes))
+    for axis, (title, values, xlabel, ylabel) in zip(axes, panels, strict=False):
+        values = _array(values)
+        if values.ndim == 1:
+            values = values[None]
+        scale = float(abs(values).max()) or 1.0
+        if (values < 0).any():
+            image = axis.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        else:
+            image = axis.imshow(values, cmap="viridis", vmin=0, vmax=scale)
+        figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        if ticks is not None and values.shape[1] == len(ticks):
+            axis.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=6)
+        if ticks is not None and values.shape[0] == len(ticks):
+            axis.set_yticks(range(len(ticks)), ticks, fontsize=6)
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+    for axis in axes[len(panels) :]:
+        axis.axis("off")
+    figure.tight_layout()
+    return _save(figure, path, pdf)
+
+
+def plot_positions(matrix, name: str, path: Path, pdf: bool = False) -> Path:
+    """A (T, T) position-weight matrix as a heatmap (lower triangle) and its last row's profile."""
+    values = _array(matrix)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    scale = float(abs(values).max()) or 1.0
+    image = left.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale)
+    figure.colorbar(image, ax=left, fraction=0.046, pad=0.04)
+    left.set_xlabel("key position t'")
+    left.set_ylabel("query position t")
+    left.set_title(name, fontsize=9)
+    right.plot(range(values.shape[1]), values[-1], marker=".")
+    right.axhline(0, color="gray", lw=0.5)
+    right.set_xlabel("key position t'")
+    right.set_ylabel(f"last row: {name}[T-1, t']")
+    right.set_title("last-row profile", fontsize=9)
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path, pdf)
+
+
+def plot_profiles(
+    profiles: dict, path: Path, xlabel: str, ylabel: str, title: str, pdf: bool = False
+) -> Path:
+    """Several 1-D profiles (label -> values) against their index, in one axes."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, values in profiles.items():
+        values = _array(values)
+        axis.plot(range(len(values)), values, marker=".", label=label)
+    axis.axhline(0, color="gray", lw=0.5)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path, pdf)
+
+
+def plot_eta_per_position(
+    fitted, optimal_per_position, optimal_overall: float, path: Path, pdf: bool = False
+) -> Path:
+    """The model's effective step size per position (least-squares fit to one-step GD) against
+    the optimal per-position and overall step sizes; position 0 (no pair seen) is left out."""
+    fitted, optimal = _array(fitted)[1:], _array(optimal_per_position)[1:]
+    positions = range(1, len(fitted) + 1)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(positions, fitted, marker="o", label="fitted $\\eta$ (model)")
+    axis.plot(positions, optimal, marker=".", ls="--", label="optimal $\\eta_t$ per position")
+    axis.axhline(optimal_overall, color="gray", label="optimal single $\\eta$")
+    axis.set_xlabel("position t (pairs seen)")
+    axis.set_ylabel("step size $\\eta$")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path, pdf)
+
+
+def plot_training_vs_estimators(
+    records: list[dict], path: Path, title: str = "", pdf: bool = False
+) -> Path:
+    """Training loss and the model's held-out MSE per step against the estimators' held-out MSE
+    (records of metrics.jsonl with autoregressive evaluations; MSE per coordinate, all positions)."""
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    steps = [r["step"] for r in records]
+    axis.plot(steps, [r["train_loss"] for r in records], marker=".", label="training loss")
+    final = records[-1]["eval"]["distributions"]["true"]["mse_mean"]
+    axis.plot(
+        steps,
+        [r["eval"]["distributions"]["true"]["mse_mean"]["PT"] for r in records],
+        marker="o",
+        label="model (held out)",
+    )
+    for index, (name, value) in enumerate(final.items()):
+        if name != "PT" and value > 0:
+            axis.axhline(value, ls="--", color=f"C{index + 2}", label=name)
+    axis.set_xlabel("training step")
+    axis.set_ylabel("MSE per coordinate (mean over positions)")
+    axis.set_yscale("log")
+    axis.set_title(title, fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    return _save(figure, path, pdf)

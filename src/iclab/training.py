@@ -8,6 +8,7 @@ resumed (`resume=True`) reaches the same final weights as an uninterrupted run o
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,11 +100,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    on_log: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train `config`'s model; with a run_dir, write metrics, checkpoints and config there.
 
     stop_after: stop (after checkpointing) once this many steps are done, as an interruption would;
     used to test that resuming equals an uninterrupted run.
+    on_log: called with (steps done, mean loss since the last call) every log_every steps, e.g. to
+    report progress from a worker process.
     """
     train_config = config.train
     device = resolve_device(train_config.device)
@@ -171,6 +175,8 @@ def train(
                 )
             bar.set_postfix(loss=f"{last_loss:.4f}")
             bar.update(done - bar.n)
+            if on_log is not None:
+                on_log(done, last_loss)
         if run_dir is not None and (
             done % train_config.eval_every == 0 or done == train_config.steps
         ):

@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,8 @@ def run_label(n_tasks: int | None) -> str:
     return "M=inf" if n_tasks is None else f"M={n_tasks}"
 
 
-def _train_one(config: RunConfig, run_dir: Path, threads: int, reports, key) -> dict:
-    """Train and evaluate one run (or reuse its eval.json) in a worker process; steps done are
-    put on the `reports` queue as (key, steps)."""
+def _train_one(config: RunConfig, run_dir: Path, threads: int, report: Callable, key) -> dict:
+    """Train and evaluate one run, or reuse its eval.json; calls report(key, steps done)."""
     import torch
 
     from iclab.experiment import run
@@ -59,8 +59,48 @@ def _train_one(config: RunConfig, run_dir: Path, threads: int, reports, key) -> 
     if eval_path.exists():
         return json.loads(eval_path.read_text())
     resume = (run_dir / "config.toml").exists()
-    on_log = lambda done, loss: reports.put((key, done))  # noqa: E731
+    on_log = lambda done, loss: report((key, done))  # noqa: E731
     return run(config, run_dir, resume=resume, progress=False, on_log=on_log)
+
+
+def _train_all(configs: dict, out_dir: Path, workers: int, bar: tqdm) -> dict:
+    """Evaluations of every run: in this process for one worker, else in a process pool."""
+    steps_done = dict.fromkeys(configs, 0)
+
+    def record(key_steps) -> None:
+        key, steps = key_steps
+        steps_done[key] = steps
+        bar.update(sum(steps_done.values()) - bar.n)
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        return {
+            m: _train_one(config, out_dir / run_label(m), threads, record, m)
+            for m, config in configs.items()
+        }
+    evaluations = {}
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Manager() as manager,
+        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
+    ):
+        reports = manager.Queue()
+        futures = {
+            pool.submit(_train_one, config, out_dir / run_label(m), threads, reports.put, m): m
+            for m, config in configs.items()
+        }
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0)
+            while not reports.empty():
+                record(reports.get())
+            for future in finished:
+                m = futures[future]
+                evaluations[m] = future.result()
+                record((m, configs[m].train.steps))
+                bar.set_postfix_str(f"{len(evaluations)}/{len(configs)} runs done")
+    return evaluations
 
 
 def summarize(n_tasks: int | None, evaluation: dict) -> dict:
@@ -138,38 +178,12 @@ def run_demo(
         for m in task_diversities
     }
     workers = workers or min(len(configs), os.cpu_count() or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    out_dir = Path(out_dir)
-    evaluations = {}
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    context = multiprocessing.get_context("spawn")
-    steps_done = dict.fromkeys(configs, 0)
     total_steps = sum(config.train.steps for config in configs.values())
-    with (
-        context.Manager() as manager,
-        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
-        tqdm(total=total_steps, disable=not progress, unit="step", desc="demo") as bar,
-    ):
-        reports = manager.Queue()
-        futures = {
-            pool.submit(_train_one, config, out_dir / run_label(m), threads, reports, m): m
-            for m, config in configs.items()
-        }
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=1.0)
-            while not reports.empty():
-                m, steps = reports.get()
-                steps_done[m] = steps
-            for future in finished:
-                m = futures[future]
-                evaluations[m] = future.result()
-                steps_done[m] = configs[m].train.steps
-                bar.set_postfix_str(f"{len(evaluations)}/{len(configs)} runs done")
-            bar.update(sum(steps_done.values()) - bar.n)
+    with tqdm(total=total_steps, disable=not progress, unit="step", desc="demo") as bar:
+        evaluations = _train_all(configs, Path(out_dir), workers, bar)
     rows = [summarize(m, evaluations[m]) for m in task_diversities]
     checks = check_regimes(rows)
-    figure = plot_task_diversity(rows, out_dir / "task_diversity.png")
+    figure = plot_task_diversity(rows, Path(out_dir) / "task_diversity.png")
     report = DemoReport(rows, checks, figure, time.perf_counter() - started)
     print(format_rows(rows))
     for name, (holds, text) in checks.items():

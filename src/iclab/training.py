@@ -173,10 +173,10 @@ def train(
                         else "no run directory, nothing saved"
                     )
                 )
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
             if on_log is not None:
                 on_log(done, last_loss)
+        bar.update()
         if run_dir is not None and (
             done % train_config.eval_every == 0 or done == train_config.steps
         ):

@@ -48,6 +48,28 @@ def _demo(args) -> int:
     return 0 if report.all_hold else 1
 
 
+def _analyze(args) -> int:
+    from iclab.analysis import analyze_run
+
+    result = analyze_run(args.run_dir, args.n_sequences)
+    fit = result["gd_fit"]
+    rows = [[name, fit[name]] for name in ("eta_fit", "eta_optimal", "eta_ratio", "gap_plain")]
+    rows += [[name, fit[name]] for name in ("gap_sym", "gap_sym_fit", "eta_sym", "eta_sym_ratio")]
+    rows += [[f"loss {name}", value] for name, value in fit["loss"].items()]
+    print(format_table(["one-step GD fit", "value"], rows))
+    print(f"symmetry: {fit['symmetry']}; analysis.json and figures in {args.run_dir}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from iclab.reproduce.autoregressive import format_checks, reproduce_autoregressive
+
+    report = reproduce_autoregressive(args.out, progress=not args.no_progress)
+    print(format_checks(report))
+    print(f"report: {report.path} ({report.seconds:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=_demo)
+
+    analyze = commands.add_parser("analyze", help="mechanistic checks of an autoregressive run")
+    analyze.add_argument("run_dir", type=Path)
+    analyze.add_argument("--n-sequences", type=int, default=2048, help="held-out sequences")
+    analyze.set_defaults(handler=_analyze)
+
+    reproduce = commands.add_parser("reproduce", help="reproduce a paper's claims, write a report")
+    reproduce.add_argument("study", choices=["autoregressive"], help="which study")
+    reproduce.add_argument("--out", type=Path, default=Path("autoregressive_out"))
+    reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.set_defaults(handler=_reproduce)
     return parser
 
 

@@ -205,7 +205,26 @@ class LinearAttentionConfig:
             _require(self.init_std > 0, "model.init_std", self.init_std, "a number > 0")
 
 
-MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "linear_attention": LinearAttentionConfig}
+@dataclass(frozen=True)
+class DiagonalAttentionConfig:
+    """The paper's diagonal multi-head linear attention with positional weights P (Sander et al.
+    2024; models/diagonal_attention.py): head h has diagonal query-key weights a_h and value-output
+    weights b_h (rows of A, B), P is n_steps x n_steps. A, B, P start as N(0, init_std^2)."""
+
+    family: str = "diagonal_attention"
+    n_heads: int = 1
+    init_std: float = 0.1
+
+    def __post_init__(self):
+        _require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")
+        _require(self.init_std > 0, "model.init_std", self.init_std, "a number > 0")
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    "gpt": GPTConfig,
+    "linear_attention": LinearAttentionConfig,
+    "diagonal_attention": DiagonalAttentionConfig,
+}
 
 
 # ---------------------------------------------------------------------------------------------

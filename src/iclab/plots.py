@@ -170,14 +170,15 @@ def plot_profiles(
 
 
 def plot_eta_per_position(
-    fitted, optimal_per_position, optimal_overall: float, path: Path, pdf: bool = False
+    fitted: dict, optimal_per_position, optimal_overall: float, path: Path, pdf: bool = False
 ) -> Path:
-    """The model's effective step size per position (least-squares fit to one-step GD) against
-    the optimal per-position and overall step sizes; position 0 (no pair seen) is left out."""
-    fitted, optimal = _array(fitted)[1:], _array(optimal_per_position)[1:]
-    positions = range(1, len(fitted) + 1)
+    """The model's effective step sizes per position (label -> least-squares fits) against the
+    optimal per-position and overall step sizes; position 0 (no pair seen) is left out."""
+    optimal = _array(optimal_per_position)[1:]
+    positions = range(1, len(optimal) + 1)
     figure, axis = plt.subplots(figsize=(6, 4))
-    axis.plot(positions, fitted, marker="o", label="fitted $\\eta$ (model)")
+    for label, values in fitted.items():
+        axis.plot(positions, _array(values)[1:], marker="o", label=f"model: {label}")
     axis.plot(positions, optimal, marker=".", ls="--", label="optimal $\\eta_t$ per position")
     axis.axhline(optimal_overall, color="gray", label="optimal single $\\eta$")
     axis.set_xlabel("position t (pairs seen)")
@@ -203,9 +204,14 @@ def plot_training_vs_estimators(
         marker="o",
         label="model (held out)",
     )
+    floor = 1e-6 * max(final.values())  # exact predictors (Oracle: ~1e-16) would squash the axis
     for index, (name, value) in enumerate(final.items()):
-        if name != "PT" and value > 0:
-            axis.axhline(value, ls="--", color=f"C{index + 2}", label=name)
+        if name != "PT":
+            shown = value > floor
+            label = name if shown else f"{name} ({value:.0e}, not shown)"
+            axis.axhline(
+                value if shown else float("nan"), ls="--", color=f"C{index + 2}", label=label
+            )
     axis.set_xlabel("training step")
     axis.set_ylabel("MSE per coordinate (mean over positions)")
     axis.set_yscale("log")

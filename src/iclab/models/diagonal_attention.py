@@ -12,6 +12,13 @@ previous token, t = 1 .. T-1, using the previous token s_{t-1} as the query:
 So the output has T - 1 positions, predicting s_2 .. s_T (all targets are in the input); row 0 of P
 is never used. The last row P[T-1, :] predicts the last state from the whole context.
 
+As a model (DiagonalAttention) it has the call shape of every autoregressive predictor (see
+tasks/autoregressive.py): inputs s_0 .. s_{L-1} (batch, L, d) -> (batch, L, d), output t predicting
+s_{t+1}. Output 0 has no previous token to query with and is 0 (as for the pe_only model and the
+estimators); outputs 1 .. L-1 are those of the formula above. So the training loss, which averages
+over all L outputs, equals (1/L) E|s_1|^2/d + (L-1)/L times the loss over t = 1 .. L-1 that the
+closed form of theory/diagonal_attention.py computes; the first term does not depend on the weights.
+
 Complex states (unitary family, torch.complex64/128) are used natively; A, B, P stay real.
 Real states (rotations family) go through the same formula with real arithmetic (conj is the
 identity). Diagonal a_h, b_h are enough there: a head with a_h = b_h supported on one rotation
@@ -63,7 +70,18 @@ class DiagonalAttention(torch.nn.Module):
         self.B = torch.nn.Parameter(init_std * torch.randn(n_heads, n_dims))
         self.P = torch.nn.Parameter(init_std * torch.randn(n_steps, n_steps))
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """states (batch, n_steps + 1, n_dims) -> predictions of s_2 .. s_T, (batch, n_steps - 1,
-        n_dims). Training target: states[:, 2:]."""
-        return diagonal_attention_predict(self.A, self.B, self.P, states)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs s_0 .. s_{L-1} (batch, L, n_dims), L <= n_steps -> (batch, L, n_dims): output t
+        predicts s_{t+1}; output 0 is 0. Uses P[:L, :L]."""
+        length = inputs.shape[1]
+        if length > self.n_steps:
+            raise ValueError(f"{length} input states exceed the model's n_steps = {self.n_steps}")
+        first = torch.zeros_like(inputs[:, :1])
+        if length < 2:
+            return first
+        # diagonal_attention_predict reads states[:, :L] only; the appended state is never used.
+        states = torch.cat((inputs, first), dim=1)
+        rest = diagonal_attention_predict(self.A, self.B, self.P[:length, :length], states)
+        return torch.cat((first, rest), dim=1)
+
+    predict = forward

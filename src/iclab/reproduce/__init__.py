@@ -1,0 +1,1 @@
+"""Reproductions of the papers' claims: each module trains, analyses and writes a Markdown report."""

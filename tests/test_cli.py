@@ -85,3 +85,17 @@ def test_console_script_lists_presets():
     script = Path(sys.executable).with_name("iclab")
     listing = subprocess.run([script, "presets"], capture_output=True, text=True, check=True)
     assert all(name in listing.stdout for name in ("base", "small", "tiny"))
+
+
+def test_demo_exit_status_says_whether_the_regimes_hold(monkeypatch, tmp_path):
+    import iclab.demo
+    from iclab.demo import DemoReport
+
+    def fake_demo(holds):
+        checks = {"Bayesian regime (small M)": (holds, "numbers")}
+        return lambda out, progress, pdf: DemoReport([], checks, out / "f.png", 0.0)
+
+    monkeypatch.setattr(iclab.demo, "run_demo", fake_demo(True))
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    monkeypatch.setattr(iclab.demo, "run_demo", fake_demo(False))
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 1

@@ -29,9 +29,12 @@ def test_regime_checks_decide_on_the_numbers():
 
 def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
     overrides = ("n_layers=1", "n_embd=16", "steps=30", "eval_every=30", "n_sequences=256")
-    report = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)
+    report = run_demo(
+        tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False, pdf=True
+    )
     assert [r["n_tasks"] for r in report.rows] == [1, 16, None]
     assert report.figure.stat().st_size > 10_000
+    assert report.figure.with_suffix(".pdf").stat().st_size > 5_000
     infinite = report.rows[-1]
     assert infinite["true:dMMSE,Ridge"] == 0.0  # M = inf: dMMSE is Ridge
     assert report.rows[0]["pretrain:dMMSE,Ridge"] > 0.1

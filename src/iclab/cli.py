@@ -44,7 +44,7 @@ def _presets(args) -> int:
 def _demo(args) -> int:
     from iclab.demo import run_demo
 
-    report = run_demo(Path(args.out), progress=not args.no_progress)
+    report = run_demo(Path(args.out), progress=not args.no_progress, pdf=args.pdf)
     return 0 if report.all_hold else 1
 
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="CPU demo: task diversity sweep with tiny models")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
     demo.set_defaults(handler=_demo)
 
     analyze = commands.add_parser("analyze", help="mechanistic checks of an autoregressive run")

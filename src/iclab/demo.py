@@ -167,6 +167,7 @@ def run_demo(
     overrides: tuple[str, ...] = (),
     workers: int | None = None,
     progress: bool = True,
+    pdf: bool = False,
 ) -> DemoReport:
     """Train, evaluate, tabulate, plot and check; see the module docstring."""
     from iclab.plots import plot_task_diversity
@@ -183,7 +184,7 @@ def run_demo(
         evaluations = _train_all(configs, Path(out_dir), workers, bar)
     rows = [summarize(m, evaluations[m]) for m in task_diversities]
     checks = check_regimes(rows)
-    figure = plot_task_diversity(rows, Path(out_dir) / "task_diversity.png")
+    figure = plot_task_diversity(rows, Path(out_dir) / "task_diversity.png", pdf=pdf)
     report = DemoReport(rows, checks, figure, time.perf_counter() - started)
     print(format_rows(rows))
     for name, (holds, text) in checks.items():

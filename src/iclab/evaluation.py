@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
+from iclab.tasks.autoregressive import AutoregressiveTask
 from iclab.tasks.regression import RegressionTask
 
 MODEL_NAME = "PT"
@@ -34,9 +34,41 @@ def regression_baselines(task: RegressionTask) -> dict[str, Callable]:
 
 
 def _squared_error_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sum over sequences (and output coordinates) of (a - b)^2, per position: (n_points,)."""
-    squared = (a.double() - b.double()).square()
+    """Sum over sequences and output coordinates of |a - b|^2 (complex states count a complex
+    coordinate once), per position: (n_positions,), in double precision."""
+    wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
+    squared = (a.to(wide) - b.to(wide)).abs().square()
     return squared.reshape(squared.shape[0], squared.shape[1], -1).sum(dim=(0, 2))
+
+
+def _error_table(batches, predictors: dict, pairs, n_sequences: int, n_dims: int) -> dict:
+    """MSE/D per predictor and Delta/D per pair, per position and averaged, over `batches` of
+    (predictor arguments, target)."""
+    mse_sums: dict[str, torch.Tensor] = {}
+    delta_sums: dict[str, torch.Tensor] = {}
+    for arguments, target in batches:
+        predictions = {name: predict(*arguments) for name, predict in predictors.items()}
+        for name, prediction in predictions.items():
+            error = _squared_error_per_position(prediction, target)
+            mse_sums[name] = mse_sums.get(name, 0) + error
+        for a, b in pairs:
+            error = _squared_error_per_position(predictions[a], predictions[b])
+            delta_sums[f"{a},{b}"] = delta_sums.get(f"{a},{b}", 0) + error
+    to_list = lambda total: (total / (n_sequences * n_dims)).tolist()  # noqa: E731
+    mse = {name: to_list(total) for name, total in mse_sums.items()}
+    delta = {name: to_list(total) for name, total in delta_sums.items()}
+    return {
+        "mse": mse,
+        "delta": delta,
+        "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
+        "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
+    }
+
+
+def _chunks(n_sequences: int, batch_size: int):
+    """(index, size) of the evaluation chunks."""
+    for index, start in enumerate(range(0, n_sequences, batch_size)):
+        yield index, min(batch_size, n_sequences - start)
 
 
 @torch.inference_mode()
@@ -50,30 +82,17 @@ def evaluate(
     distributions: tuple[str, ...] = ("pretrain", "true"),
 ) -> dict:
     """MSE of every predictor and Delta of every pair, per position and averaged, per distribution."""
-    scale = task.config.n_dims
-    results = {}
-    for distribution in distributions:
-        mse_sums: dict[str, torch.Tensor] = {}
-        delta_sums: dict[str, torch.Tensor] = {}
-        for index, start in enumerate(range(0, n_sequences, batch_size)):
-            batch = task.eval_batch(distribution, seed, index, min(batch_size, n_sequences - start))
-            target = batch[-1]
-            predictions = {name: predict(*batch).float() for name, predict in predictors.items()}
-            for name, prediction in predictions.items():
-                error = _squared_error_per_position(prediction, target)
-                mse_sums[name] = mse_sums.get(name, 0) + error
-            for a, b in pairs:
-                error = _squared_error_per_position(predictions[a], predictions[b])
-                delta_sums[f"{a},{b}"] = delta_sums.get(f"{a},{b}", 0) + error
-        to_list = lambda total: (total / (n_sequences * scale)).tolist()  # noqa: E731
-        mse = {name: to_list(total) for name, total in mse_sums.items()}
-        delta = {name: to_list(total) for name, total in delta_sums.items()}
-        results[distribution] = {
-            "mse": mse,
-            "delta": delta,
-            "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
-            "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
-        }
+
+    def batches(distribution: str):
+        for index, size in _chunks(n_sequences, batch_size):
+            xs, ys = task.eval_batch(distribution, seed, index, size)
+            yield (xs, ys), ys
+
+    n_dims = task.config.n_dims
+    results = {
+        distribution: _error_table(batches(distribution), predictors, pairs, n_sequences, n_dims)
+        for distribution in distributions
+    }
     return {"n_sequences": n_sequences, "distributions": results}
 
 
@@ -135,30 +154,12 @@ def evaluate_autoregressive(
 ) -> dict:
     """MSE of every predictor and Delta of every pair per position (T of them), on `true`."""
 
-    def error_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        difference = a.to(torch.complex128 if a.is_complex() else torch.float64) - b
-        return squared_modulus(difference).sum(dim=(0, 2))
+    def batches():
+        for index, size in _chunks(n_sequences, batch_size):
+            states, ws = task.eval_sample("true", seed, index, size)
+            yield (states[:, :-1], ws), states[:, 1:]
 
-    mse_sums: dict[str, torch.Tensor] = {}
-    delta_sums: dict[str, torch.Tensor] = {}
-    for index, start in enumerate(range(0, n_sequences, batch_size)):
-        states, ws = task.eval_sample("true", seed, index, min(batch_size, n_sequences - start))
-        inputs, target = states[:, :-1], states[:, 1:]
-        predictions = {name: predict(inputs, ws) for name, predict in predictors.items()}
-        for name, prediction in predictions.items():
-            mse_sums[name] = mse_sums.get(name, 0) + error_sums(prediction, target)
-        for a, b in pairs:
-            key = f"{a},{b}"
-            delta_sums[key] = delta_sums.get(key, 0) + error_sums(predictions[a], predictions[b])
-    to_list = lambda total: (total / (n_sequences * task.config.n_dims)).tolist()  # noqa: E731
-    mse = {name: to_list(total) for name, total in mse_sums.items()}
-    delta = {name: to_list(total) for name, total in delta_sums.items()}
-    result = {
-        "mse": mse,
-        "delta": delta,
-        "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
-        "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
-    }
+    result = _error_table(batches(), predictors, pairs, n_sequences, task.config.n_dims)
     return {"n_sequences": n_sequences, "distributions": {"true": result}}
 
 

@@ -154,7 +154,25 @@ class LeastSquares:
     __call__ = predict
 
 
-class DMMSE:
+class _PoolPosterior:
+    """Shared set-up of the estimators whose prior lives on a pool of tasks (M, D)."""
+
+    def __init__(self, pool: Tensor, noise_std: float, chunk_size: int | None = None):
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be > 0 for {self.name}, got {noise_std}")
+        _check_chunk_size(chunk_size)
+        self.pool = _check_pool(pool)
+        self.noise_std = float(noise_std)
+        self.chunk_size = chunk_size
+
+    def _inputs(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """xs, ys and the pool, checked, in the compute dtype on xs's device."""
+        _check_inputs(xs, ys, self.pool.shape[1])
+        dtype = _compute_dtype(xs.dtype)
+        return xs.to(dtype), ys.to(dtype), self.pool.to(xs.device, dtype)
+
+
+class DMMSE(_PoolPosterior):
     """Bayes estimator for the uniform prior over a pool of tasks (M, D).
 
     Position 0 predicts mean(pool).x_0; position k predicts sum_i pi_i (w_i . x_k) with
@@ -166,22 +184,11 @@ class DMMSE:
 
     name = "dMMSE"
 
-    def __init__(self, pool: Tensor, noise_std: float, chunk_size: int | None = None):
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be > 0 for dMMSE, got {noise_std}")
-        _check_chunk_size(chunk_size)
-        self.pool = _check_pool(pool)
-        self.noise_std = float(noise_std)
-        self.chunk_size = chunk_size
-
     @torch.no_grad()
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
-        _check_inputs(xs, ys, self.pool.shape[1])
+        xs_c, ys_c, pool = self._inputs(xs, ys)
         batch, n_points, n_dims = xs.shape
-        dtype = _compute_dtype(xs.dtype)
-        xs_c, ys_c = xs.to(dtype), ys.to(dtype)
-        pool = self.pool.to(xs.device, dtype)
         preds = xs_c.new_empty(batch, n_points)
         preds[:, 0] = xs_c[:, 0] @ pool.mean(0)
         if n_points > 1:
@@ -205,7 +212,7 @@ class DMMSE:
     __call__ = predict
 
 
-class SmoothedDMMSE:
+class SmoothedDMMSE(_PoolPosterior):
     """Bayes estimator for the prior (1/M) sum_i N(w_i, s^2 I), s = smoothing_std > 0.
 
     With S = sigma^2 I + s^2 G and H = S^-1, component i has posterior mean
@@ -232,24 +239,16 @@ class SmoothedDMMSE:
         smoothing_std: float,
         chunk_size: int | None = None,
     ):
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be > 0 for smoothed dMMSE, got {noise_std}")
         if not smoothing_std > 0:
             raise ValueError(f"smoothing_std must be > 0, got {smoothing_std}")
-        _check_chunk_size(chunk_size)
-        self.pool = _check_pool(pool)
-        self.noise_std = float(noise_std)
+        super().__init__(pool, noise_std, chunk_size)
         self.smoothing_std = float(smoothing_std)
-        self.chunk_size = chunk_size
 
     @torch.no_grad()
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
-        _check_inputs(xs, ys, self.pool.shape[1])
+        xs_c, ys_c, pool = self._inputs(xs, ys)
         batch, n_points, n_dims = xs.shape
-        dtype = _compute_dtype(xs.dtype)
-        xs_c, ys_c = xs.to(dtype), ys.to(dtype)
-        pool = self.pool.to(xs.device, dtype)
         var_noise, var_smooth = self.noise_std**2, self.smoothing_std**2
         gram, xty = prefix_stats(xs_c, ys_c)
         cov = gram * var_smooth

@@ -40,9 +40,11 @@ def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
     assert report.rows[0]["pretrain:dMMSE,Ridge"] > 0.1
     printed = capsys.readouterr().out
     assert "wall time" in printed and "Bayesian regime" in printed
-    # A second call reuses the completed runs instead of training again.
+    # A second call reuses the completed runs; a run without eval.json resumes from its checkpoint.
+    (tmp_path / "M=16" / "eval.json").unlink()
     again = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)
     assert again.rows == report.rows
+    assert (tmp_path / "M=16" / "eval.json").exists()
 
 
 @pytest.mark.slow

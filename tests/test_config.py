@@ -71,3 +71,15 @@ def test_presets_load_and_match_the_paper():
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_model_and_task_families_must_fit():
+    with pytest.raises(ConfigError, match="model.family = 'gpt' needs task.family = 'regression'"):
+        config_from_dict({"task": {"family": "autoregressive"}})
+    with pytest.raises(ConfigError, match="task.n_steps = 1"):
+        config_from_dict(
+            {
+                "task": {"family": "autoregressive", "n_steps": 1},
+                "model": {"family": "diagonal_attention"},
+            }
+        )

@@ -140,5 +140,7 @@ def test_config_validation_and_registry():
         AutoregressiveTaskConfig(w_family="unitary", rotation_basis="random")
     with pytest.raises(ConfigError, match="task.n_dims"):
         AutoregressiveTaskConfig(w_family="rotations", n_dims=5)
-    config = config_from_dict({"task": {"family": "autoregressive", "n_dims": 3}})
+    config = config_from_dict(
+        {"task": {"family": "autoregressive", "n_dims": 3}, "model": {"family": "linear_attention"}}
+    )
     assert isinstance(make_task(config.task, "cpu"), AutoregressiveTask)

@@ -301,12 +301,41 @@ class EvalConfig:
         _require(self.eval_seed >= 0, "eval.eval_seed", self.eval_seed, "an integer >= 0")
 
 
+# The task family each model family reads, and the fewest states a sequence needs for it.
+MODEL_TASK_FAMILIES = {
+    "gpt": "regression",
+    "linear_attention": "autoregressive",
+    "diagonal_attention": "autoregressive",
+}
+
+
+def check_model_fits_task(model, task) -> None:
+    """Raise ConfigError when the model family cannot read the task family's sequences."""
+    needed = MODEL_TASK_FAMILIES[model.family]
+    _require(
+        task.family == needed,
+        "task.family",
+        task.family,
+        f"model.family = {model.family!r} needs task.family = {needed!r}",
+    )
+    if model.family == "diagonal_attention":  # it queries with the previous token
+        _require(
+            task.n_steps >= 2,
+            "task.n_steps",
+            task.n_steps,
+            f"model.family = {model.family!r} needs n_steps >= 2 (a previous token to query with)",
+        )
+
+
 @dataclass(frozen=True)
 class RunConfig:
     task: typing.Any = field(default_factory=RegressionTaskConfig)
     model: typing.Any = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        check_model_fits_task(self.model, self.task)
 
     def to_dict(self) -> dict:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}

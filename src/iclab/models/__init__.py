@@ -3,16 +3,16 @@
 import torch
 
 from iclab.config import (
-    AutoregressiveTaskConfig,
-    ConfigError,
     DiagonalAttentionConfig,
     GPTConfig,
     LinearAttentionConfig,
+    check_model_fits_task,
 )
 
 
 def make_model(model_config, task_config) -> torch.nn.Module:
     """Build the model of `model_config` sized for `task_config` (registry by config class)."""
+    check_model_fits_task(model_config, task_config)
     if isinstance(model_config, GPTConfig):
         from iclab.models.gpt import GPT
 
@@ -24,16 +24,6 @@ def make_model(model_config, task_config) -> torch.nn.Module:
     if isinstance(model_config, DiagonalAttentionConfig):
         from iclab.models.diagonal_attention import DiagonalAttention
 
-        if not isinstance(task_config, AutoregressiveTaskConfig):
-            raise ConfigError(
-                f"model.family = {model_config.family!r} is not allowed with task.family = "
-                f"{task_config.family!r}: it needs task.family = 'autoregressive'"
-            )
-        if task_config.n_steps < 2:
-            raise ConfigError(
-                f"task.n_steps = {task_config.n_steps} is not allowed with model.family = "
-                f"{model_config.family!r}: it needs n_steps >= 2 (a previous token to query with)"
-            )
         n_dims, n_heads, n_steps = task_config.n_dims, model_config.n_heads, task_config.n_steps
         return DiagonalAttention(n_dims, n_heads, n_steps, model_config.init_std)
     raise TypeError(f"no model for config {type(model_config).__name__}")

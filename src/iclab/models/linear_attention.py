@@ -57,11 +57,6 @@ class LinearAttention(nn.Module):
 
     def __init__(self, config: LinearAttentionConfig, task_config: AutoregressiveTaskConfig):
         super().__init__()
-        if not isinstance(task_config, AutoregressiveTaskConfig):
-            raise ConfigError(
-                f"model.family = {config.family!r} is not allowed with task.family = "
-                f"{task_config.family!r}: it needs task.family = 'autoregressive'"
-            )
         self.config, self.n_dims, self.n_steps = config, task_config.n_dims, task_config.n_steps
         dtype = torch.complex64 if is_complex(task_config) else torch.float32
         if config.attention == "pe_only":

@@ -8,8 +8,9 @@ divided by D (n_dims), as the papers report them:
     mse[name][k]      = E[(f(S_k) - y_k)^2] / D
     delta["A,B"][k]   = E[(f_A(S_k) - f_B(S_k))^2] / D      (Delta_{A,B} of papers.md, per position)
 
-and `*_mean` are the averages over positions. Autoregressive tasks: see evaluate_autoregressive
-(positions t = 0..T-1 predict s_{t+1}; errors |.|^2 per coordinate, divided by d).
+and `*_mean` are the averages over positions. Autoregressive tasks (distribution `true` only):
+positions t = 0..T-1 predict s_{t+1}; errors |.|^2 per coordinate, divided by d. Each task's
+prediction_batch gives the predictors' arguments and the target.
 """
 
 from collections.abc import Callable
@@ -85,8 +86,7 @@ def evaluate(
 
     def batches(distribution: str):
         for index, size in _chunks(n_sequences, batch_size):
-            xs, ys = task.eval_batch(distribution, seed, index, size)
-            yield (xs, ys), ys
+            yield task.prediction_batch(distribution, seed, index, size)
 
     n_dims = task.config.n_dims
     results = {
@@ -143,26 +143,6 @@ def autoregressive_baselines(task) -> tuple[dict[str, Callable], dict]:
     return baselines, {"overall": eta.overall, "method": eta.method}
 
 
-@torch.inference_mode()
-def evaluate_autoregressive(
-    task,
-    predictors: dict[str, Callable],
-    pairs: tuple[tuple[str, str], ...],
-    n_sequences: int,
-    seed: int,
-    batch_size: int = 4096,
-) -> dict:
-    """MSE of every predictor and Delta of every pair per position (T of them), on `true`."""
-
-    def batches():
-        for index, size in _chunks(n_sequences, batch_size):
-            states, ws = task.eval_sample("true", seed, index, size)
-            yield (states[:, :-1], ws), states[:, 1:]
-
-    result = _error_table(batches(), predictors, pairs, n_sequences, task.config.n_dims)
-    return {"n_sequences": n_sequences, "distributions": {"true": result}}
-
-
 def evaluate_autoregressive_model(
     model: torch.nn.Module, task, n_sequences: int, seed: int, batch_size: int = 4096
 ) -> dict:
@@ -175,5 +155,5 @@ def evaluate_autoregressive_model(
 
     predictors = {MODEL_NAME: pretrained, **baselines}
     pairs = tuple((MODEL_NAME, name) for name in baselines if name != "Oracle")
-    result = evaluate_autoregressive(task, predictors, pairs, n_sequences, seed, batch_size)
+    result = evaluate(task, predictors, pairs, n_sequences, seed, batch_size, ("true",))
     return {**result, "one_step_gd_eta": eta}

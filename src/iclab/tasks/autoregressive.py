@@ -141,6 +141,11 @@ class AutoregressiveTask:
         """Chunk `index` of the evaluation set of `distribution` (only `true`): (states,)."""
         return (self.eval_sample(distribution, seed, index, batch_size)[0],)
 
+    def prediction_batch(self, distribution: str, seed: int, index: int, batch_size: int):
+        """An evaluation chunk as (predictor arguments (s_0..s_{T-1}, ws), target s_1..s_T)."""
+        states, ws = self.eval_sample(distribution, seed, index, batch_size)
+        return (states[:, :-1], ws), states[:, 1:]
+
     @staticmethod
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Mean over sequences, positions and coordinates of |prediction of s_{t+1} - s_{t+1}|^2."""

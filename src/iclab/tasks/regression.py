@@ -79,6 +79,11 @@ class RegressionTask:
         xs, ys, _ = self.sample(generator, batch_size, distribution)
         return xs, ys
 
+    def prediction_batch(self, distribution: str, seed: int, index: int, batch_size: int):
+        """An evaluation chunk as (predictor arguments (xs, ys), target ys)."""
+        xs, ys = self.eval_batch(distribution, seed, index, batch_size)
+        return (xs, ys), ys
+
     @staticmethod
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Mean over sequences and positions of (prediction - y)^2 (not divided by D)."""

@@ -70,6 +70,16 @@ def load_checkpoint(
     return step
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The completed step count a checkpoint holds, read from its header alone."""
+    with open(path, "rb") as file:
+        header = file.read(8)
+        try:
+            return int(_read_metadata(header + file.read(int.from_bytes(header, "little")))["step"])
+        except (ValueError, KeyError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {error}") from None
+
+
 def _read_metadata(data: bytes) -> dict:
     """safetensors stores a little-endian u64 header length, then a JSON header with __metadata__."""
     header_length = int.from_bytes(data[:8], "little")

@@ -7,6 +7,7 @@ from pathlib import Path
 from iclab.checkpoints import CheckpointError
 from iclab.config import ConfigError, load_config, preset_names, resolve_config_path
 from iclab.results import format_evaluation, format_table
+from iclab.sweeps.store import SweepError
 from iclab.training import TrainingDiverged
 
 USAGE_ERROR = 2
@@ -62,12 +63,95 @@ def _analyze(args) -> int:
 
 
 def _reproduce(args) -> int:
+    if args.study == "task-diversity":
+        from iclab.reproduce.task_diversity import reproduce_task_diversity
+
+        out = args.out or Path(f"task_diversity_{args.preset}_out")
+        report = reproduce_task_diversity(
+            args.preset, out, _executor(args), progress=not args.no_progress, pdf=args.pdf
+        )
+        print(report.summary)
+        print(f"report: {report.path} ({report.seconds:.0f} s)")
+        return 0
     from iclab.reproduce.autoregressive import format_checks, reproduce_autoregressive
 
-    report = reproduce_autoregressive(args.out, progress=not args.no_progress)
+    report = reproduce_autoregressive(args.out or Path("autoregressive_out"), not args.no_progress)
     print(format_checks(report))
     print(f"report: {report.path} ({report.seconds:.0f} s)")
     return 0
+
+
+def _executor(args):
+    from iclab.sweeps.executors import make_executor
+
+    return make_executor(
+        args.executor, args.workers, args.address, args.cpus_per_run, args.gpus_per_run
+    )
+
+
+def _sweep(args) -> int:
+    from iclab.sweeps.runner import run_sweep
+    from iclab.sweeps.spec import load_spec
+
+    spec = load_spec(args.spec)
+    outcome = run_sweep(spec, args.out, _executor(args), args.retry_failed, not args.no_progress)
+    _status(args)
+    print(
+        f"{len(outcome.completed)} runs completed, {len(outcome.failed)} failed, "
+        f"{len(outcome.skipped)} skipped (complete, or failed: --retry-failed reruns those), "
+        f"{outcome.seconds:.0f} s"
+    )
+    return 1 if outcome.failed else 0
+
+
+def _status(args) -> int:
+    from iclab.sweeps.runner import status_rows
+
+    header, rows = status_rows(args.out)
+    print(format_table(header, rows))
+    return 0
+
+
+def _results(args) -> int:
+    from iclab.sweeps.table import write_results
+
+    for path in write_results(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _plot(args) -> int:
+    from iclab.sweeps.figures import plot_sweep
+
+    shown = [None if m == "inf" else int(m) for m in args.m] if args.m else None
+    for path in plot_sweep(args.out, shown, pdf=args.pdf):
+        print(f"wrote {path}")
+    return 0
+
+
+def _threshold(args) -> int:
+    from iclab.sweeps.spec import load_spec
+    from iclab.sweeps.threshold import find_threshold, write_threshold
+
+    spec = load_spec(args.spec)
+    if args.criterion:
+        spec = spec.with_threshold(criterion=args.criterion)
+    result = find_threshold(spec, args.out, _executor(args), progress=not args.no_progress)
+    rows = [
+        [f"2^{e}", "holds" if ev.holds else "fails", ev.explanation]
+        for e, ev in sorted(result.evaluations.items())
+    ]
+    print(format_table(["M", result.criterion, "evidence"], rows))
+    print(f"threshold: {result.describe()}; written to {write_threshold(args.out, result)}")
+    return 0
+
+
+def _add_executor_options(parser) -> None:
+    parser.add_argument("--executor", choices=["local", "ray"], default="local")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run")
+    parser.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPU fraction per run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,10 +186,47 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_analyze)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's claims, write a report")
-    reproduce.add_argument("study", choices=["autoregressive"], help="which study")
-    reproduce.add_argument("--out", type=Path, default=Path("autoregressive_out"))
+    reproduce.add_argument("study", choices=["task-diversity", "autoregressive"])
+    reproduce.add_argument(
+        "--preset", choices=["cpu", "small", "base"], default="cpu", help="task-diversity only"
+    )
+    reproduce.add_argument(
+        "--out", type=Path, help="default: STUDY_out (task_diversity_PRESET_out)"
+    )
     reproduce.add_argument("--no-progress", action="store_true")
+    reproduce.add_argument("--pdf", action="store_true", help="also save figures as PDF")
+    _add_executor_options(reproduce)
     reproduce.set_defaults(handler=_reproduce)
+
+    sweep = commands.add_parser("sweep", help="train every run of a sweep spec not yet complete")
+    sweep.add_argument("spec", type=Path, help="a sweep spec TOML (see sweeps/)")
+    sweep.add_argument("--out", type=Path, required=True, help="the sweep directory")
+    sweep.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
+    sweep.add_argument("--no-progress", action="store_true")
+    _add_executor_options(sweep)
+    sweep.set_defaults(handler=_sweep)
+
+    status = commands.add_parser("status", help="completed / failed / pending runs of a sweep")
+    status.add_argument("out", type=Path, help="the sweep directory")
+    status.set_defaults(handler=_status)
+
+    results = commands.add_parser("results", help="write the tidy results table of a sweep")
+    results.add_argument("out", type=Path, help="the sweep directory")
+    results.set_defaults(handler=_results)
+
+    plot = commands.add_parser("plot", help="draw the paper's figures from a sweep")
+    plot.add_argument("out", type=Path, help="the sweep directory")
+    plot.add_argument("--m", nargs="+", help="M values for the per-position figure (or inf)")
+    plot.add_argument("--pdf", action="store_true", help="also save figures as PDF")
+    plot.set_defaults(handler=_plot)
+
+    threshold = commands.add_parser("threshold", help="bisect for the task-diversity threshold")
+    threshold.add_argument("spec", type=Path, help="a sweep spec TOML with a [threshold] table")
+    threshold.add_argument("--out", type=Path, required=True, help="the sweep directory")
+    threshold.add_argument("--criterion", choices=["batch_doubling", "fraction"])
+    threshold.add_argument("--no-progress", action="store_true")
+    _add_executor_options(threshold)
+    threshold.set_defaults(handler=_threshold)
     return parser
 
 
@@ -116,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"iclab: config error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    except (CheckpointError, TrainingDiverged) as error:
+    except (CheckpointError, TrainingDiverged, SweepError) as error:
         print(f"iclab: {error}", file=sys.stderr)
         return 1
 

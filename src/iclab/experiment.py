@@ -20,21 +20,35 @@ def run(
     resume: bool = False,
     progress: bool = True,
     on_log: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict:
     """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json.
 
-    on_log is passed to training.train (progress reports from worker processes)."""
-    result = train(config, run_dir, resume=resume, progress=progress, on_log=on_log)
+    on_log and on_checkpoint are passed to training.train (reports from worker processes)."""
+    result = train(
+        config,
+        run_dir,
+        resume=resume,
+        progress=progress,
+        on_log=on_log,
+        on_checkpoint=on_checkpoint,
+    )
+    return finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+
+
+def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float) -> dict:
+    """Evaluate a trained model on config.eval, draw its per-position figure and write eval.json
+    last: a run directory with eval.json is complete."""
     evaluation = evaluate_model(
-        result.model,
-        result.task,
+        model,
+        task,
         config.eval.n_sequences,
         seed=config.eval.eval_seed,
         batch_size=config.eval.eval_batch_size,
     )
-    evaluation["steps_per_second"] = result.steps_per_second
-    write_json(Path(run_dir) / EVAL_FILE, evaluation)
+    evaluation["steps_per_second"] = steps_per_second
     plot_mse_per_position(evaluation, Path(run_dir) / MSE_FIGURE)
+    write_json(Path(run_dir) / EVAL_FILE, evaluation)
     return evaluation
 
 
@@ -52,6 +66,6 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> dict:
         seed=config.eval.eval_seed,
         batch_size=config.eval.eval_batch_size,
     )
-    write_json(run_dir / EVAL_FILE, evaluation)
     plot_mse_per_position(evaluation, run_dir / MSE_FIGURE)
+    write_json(run_dir / EVAL_FILE, evaluation)
     return evaluation

@@ -1,0 +1,1 @@
+"""Sweeps: grid specs, executors (local, Ray), the sweep directory, threshold search."""

@@ -1,0 +1,137 @@
+"""Run what a sweep directory still lacks, on an executor, and summarise its state."""
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from iclab.ensemble import ensemble_key
+from iclab.sweeps.executors import LocalExecutor
+from iclab.sweeps.spec import SweepRun, SweepSpec
+from iclab.sweeps.store import SweepStore
+from iclab.sweeps.worker import Job
+
+
+@dataclass
+class SweepOutcome:
+    completed: list[str] = field(default_factory=list)  # run hashes completed by this call
+    failed: dict[str, str] = field(default_factory=dict)  # run hash -> traceback
+    skipped: list[str] = field(default_factory=list)  # complete before, or failed (no retry)
+    seconds: float = 0.0
+
+
+def make_jobs(runs: list[SweepRun], store: SweepStore, ensemble: bool, threads: int) -> list[Job]:
+    """One job per run, or with `ensemble` one per group of runs that can train stacked (same
+    ensemble_key, and resuming from the same checkpoint step)."""
+    groups: dict = defaultdict(list)
+    for index, run in enumerate(runs):
+        key = ensemble_key(run.config) if ensemble else None
+        group = (key, store.checkpoint_step(run.run_hash)) if key is not None else index
+        groups[group].append(run)
+    return [
+        Job(
+            configs=[run.config for run in members],
+            files=[store.resume_files(run.run_hash) for run in members],
+            threads=threads,
+        )
+        for members in groups.values()
+    ]
+
+
+def run_runs(
+    runs: list[SweepRun],
+    out_dir: str | Path,
+    executor=None,
+    ensemble: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> SweepOutcome:
+    """Train and evaluate every run of `runs` that out_dir does not hold complete yet.
+
+    Failed runs are recorded (failed.json) and skipped on later calls unless retry_failed; the
+    rest goes on. Interrupted runs resume from their last checkpoint."""
+    started = time.perf_counter()
+    executor = executor or LocalExecutor()
+    store = SweepStore(out_dir)
+    store.register(runs)
+    outcome = SweepOutcome()
+    todo = []
+    for run in runs:
+        status = store.status(run.run_hash)
+        if status == "complete" or (status == "failed" and not retry_failed):
+            outcome.skipped.append(run.run_hash)
+        else:
+            todo.append(run)
+    jobs = make_jobs(todo, store, ensemble, executor.threads_per_run)
+    steps = {run.run_hash: store.checkpoint_step(run.run_hash) for run in todo}
+    total = {run.run_hash: run.config.train.steps for run in todo}
+    with tqdm(
+        total=sum(total.values()),
+        initial=sum(steps.values()),
+        disable=not progress,
+        unit="step",
+        desc=f"sweep ({len(todo)} runs)",
+        dynamic_ncols=True,
+    ) as bar:
+
+        def on_message(message) -> None:
+            kind, run_hash, payload = message
+            if kind == "progress":
+                steps[run_hash] = payload
+            elif kind == "files":
+                store.write_checkpoint_files(run_hash, payload)
+            bar.update(sum(steps.values()) - bar.n)
+
+        for job, result in executor.run(jobs, on_message):
+            for index, run_hash in enumerate(job.run_hashes):
+                if result.error is None:
+                    store.write_final_files(run_hash, result.files[index])
+                    outcome.completed.append(run_hash)
+                    steps[run_hash] = total[run_hash]
+                else:
+                    store.write_failure(run_hash, result.error)
+                    outcome.failed[run_hash] = result.error
+            bar.update(sum(steps.values()) - bar.n)
+            bar.set_postfix_str(f"{len(outcome.completed)} done, {len(outcome.failed)} failed")
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    executor=None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> SweepOutcome:
+    return run_runs(spec.runs(), out_dir, executor, spec.ensemble, retry_failed, progress)
+
+
+def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
+    """(header, rows) of `iclab status`: one row per registered run."""
+    store = SweepStore(out_dir)
+    grid = store.grid_values()
+    keys = list(dict.fromkeys(key for values in grid.values() for key in values))
+    header = ["run", "status", *keys, "step", "true PT,Ridge", "true PT,dMMSE", "pretrain PT,dMMSE"]
+    rows = []
+    for run_hash, values in grid.items():
+        status = store.status(run_hash)
+        config = store.config(run_hash)
+        step = config.train.steps if status == "complete" else store.checkpoint_step(run_hash)
+        metrics = ["", "", ""]
+        if status == "complete":
+            distributions = store.evaluation(run_hash)["distributions"]
+            metrics = [
+                distributions.get(d, {}).get("delta_mean", {}).get(pair, "")
+                for d, pair in (
+                    ("true", "PT,Ridge"),
+                    ("true", "PT,dMMSE"),
+                    ("pretrain", "PT,dMMSE"),
+                )
+            ]
+        elif status == "failed":
+            metrics[0] = store.failure(run_hash).strip().splitlines()[-1][:60]
+        rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics])
+    return header, rows

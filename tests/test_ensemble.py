@@ -1,0 +1,82 @@
+"""A stacked ensemble trains each member exactly as it would train alone."""
+
+import pytest
+import torch
+from helpers import tiny_overrides
+
+from iclab.checkpoints import load_checkpoint
+from iclab.config import load_config
+from iclab.ensemble import ensemble_key, train_ensemble
+from iclab.training import build_model, train
+
+MEMBERS = [(1, 0), (4, 1), ('"inf"', 2)]  # (n_tasks, seed): different pools, data and inits
+
+
+def _configs(**extra):
+    return [
+        load_config("tiny", tiny_overrides(n_tasks=m, seed=s, steps=60, **extra))
+        for m, s in MEMBERS
+    ]
+
+
+def _key_bias_slice(name: str, parameter: torch.Tensor) -> torch.Tensor:
+    """The attention key bias has zero gradient in exact arithmetic (softmax ignores a shift
+    shared by all keys, and q.(k + b) shifts every key's score by q.b), so Adam turns rounding
+    noise into full-size steps there and it differs between any two float programs. It has no
+    effect on the outputs; everything else must match."""
+    if name.endswith("attention.qkv.bias"):
+        width = parameter.shape[-1] // 3
+        return torch.cat([parameter[..., :width], parameter[..., 2 * width :]], dim=-1)
+    return parameter
+
+
+def _max_relative_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    worst = 0.0
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        p, q = _key_bias_slice(name, p), _key_bias_slice(name, q)
+        worst = max(worst, ((p - q).norm() / q.norm().clamp_min(1e-12)).item())
+    return worst
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
+def test_members_equal_runs_trained_alone(grad_clip):
+    configs = _configs(grad_clip=grad_clip)
+    members = train_ensemble(configs)
+    xs = torch.randn(32, 8, 4)
+    ys = torch.randn(32, 8)
+    for config, member in zip(configs, members, strict=True):
+        alone = train(config, progress=False).model
+        assert _max_relative_difference(member.model, alone) < 1e-5
+        with torch.no_grad():
+            prediction = member.model(xs, ys)
+            assert torch.allclose(prediction, alone(xs, ys), rtol=1e-5, atol=1e-6)
+    # The members did learn different things (the check above could fail).
+    assert _max_relative_difference(members[0].model, members[1].model) > 0.1
+
+
+def test_ensemble_resumes_like_an_uninterrupted_ensemble(tmp_path):
+    configs = _configs(checkpoint_every=20, eval_every=20)
+    dirs = [tmp_path / f"stopped{i}" for i in range(3)]
+    train_ensemble(configs, dirs, stop_after=40)
+    resumed = train_ensemble(configs, dirs, resume=True)
+    whole = train_ensemble(configs, [tmp_path / f"whole{i}" for i in range(3)])
+    for config, a, b, run_dir in zip(configs, resumed, whole, dirs, strict=True):
+        assert _max_relative_difference(a.model, b.model) < 1e-6
+        # Each member's directory is a single run's: its checkpoint loads into a lone model.
+        model = build_model(config, "cpu")
+        assert load_checkpoint(run_dir / "checkpoint.safetensors", model) == 60
+        assert _max_relative_difference(model, b.model) < 1e-6
+
+
+def test_ensemble_key_groups_only_compatible_runs():
+    base = load_config("tiny", tiny_overrides())
+    same = load_config("tiny", tiny_overrides(seed=3, n_tasks=8, noise_std=0.1))
+    wider = load_config("tiny", tiny_overrides(n_embd=32))
+    bigger_batch = load_config("tiny", tiny_overrides(batch_size=32))
+    dropout = load_config("tiny", tiny_overrides(dropout=0.1))
+    assert ensemble_key(base) == ensemble_key(same)
+    assert ensemble_key(base) != ensemble_key(wider)
+    assert ensemble_key(base) != ensemble_key(bigger_batch)
+    assert ensemble_key(dropout) is None
+    with pytest.raises(ValueError, match="differ only in seed and task"):
+        train_ensemble([base, wider])

@@ -1,0 +1,229 @@
+"""Sweeps: spec expansion, the sweep directory, failures, kills and resume, results and figures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import tiny_overrides
+
+from iclab.config import ConfigError
+from iclab.sweeps.executors import LocalExecutor
+from iclab.sweeps.runner import run_sweep, status_rows
+from iclab.sweeps.spec import SPEC_KEYS, expand_values, load_spec
+from iclab.sweeps.store import SweepStore
+from iclab.sweeps.table import results_rows, write_results
+
+SWEEP_SPECS = Path(__file__).parent.parent / "src" / "iclab" / "presets" / "sweeps"
+
+
+def write_spec(path: Path, grid: str, extra: str = "", **overrides) -> Path:
+    fixed = "\n".join(tiny_overrides(**overrides))
+    path.write_text(f'base = "tiny"\n{extra}\n[set]\n{fixed}\n[grid]\n{grid}\n')
+    return path
+
+
+def test_powers_of_two_range_and_hashes(tmp_path):
+    assert expand_values("n_tasks", ["2^0..2^3", "inf"]) == [1, 2, 4, 8, "inf"]
+    assert expand_values("seed", [3, 1]) == [3, 1]
+    spec = load_spec(
+        write_spec(tmp_path / "s.toml", 'n_tasks = ["2^1..2^2", "inf"]\nseed = [0, 1]')
+    )
+    runs = spec.runs()
+    assert [(r.grid_values["n_tasks"], r.grid_values["seed"]) for r in runs] == [
+        (2, 0), (2, 1), (4, 0), (4, 1), ("inf", 0), ("inf", 1)
+    ]  # fmt: skip
+    assert [r.config.task.n_tasks for r in runs] == [2, 2, 4, 4, None, None]
+    assert len({r.run_hash for r in runs}) == 6
+    # The hash is the config's: the same run written another way has the same directory name.
+    again = load_spec(write_spec(tmp_path / "t.toml", "seed = [1]\nn_tasks = [4]"))
+    assert again.runs()[0].run_hash == runs[3].run_hash
+    # Values equal to the base's collapse to one run.
+    assert len(load_spec(write_spec(tmp_path / "u.toml", "seed = [0, 0]")).runs()) == 1
+
+
+@pytest.mark.parametrize(
+    ("grid", "extra", "message"),
+    [
+        ('n_tasks = ["2^3..2^1"]', "", "first exponent exceeds"),
+        ("n_tasks = 4", "", "expected a non-empty list"),
+        ("n_tasks = [0]", "", "n_tasks = 0 is not allowed"),
+        ("widht = [3]", "", "widht"),
+        ("seed = [1]", "colour = 3", "unknown key(s) colour"),
+        ("seed = [1]", "ensemble = 3", "ensemble = 3 is not allowed"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path, grid, extra, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(write_spec(tmp_path / "s.toml", grid, extra))
+    assert "base" in SPEC_KEYS
+
+
+def test_bundled_sweep_specs_load():
+    sizes = {path.stem: len(load_spec(path).runs()) for path in SWEEP_SPECS.glob("*.toml")}
+    assert sizes["task_diversity_small"] == sizes["task_diversity_base"] == 2 * 22
+    assert sizes["task_diversity_cpu"] >= 8
+
+
+def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
+    import iclab.experiment
+
+    spec = load_spec(write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]"))
+    doomed = spec.runs()[1].run_hash
+    real_run, trained = iclab.experiment.run, []
+
+    def flaky_run(config, run_dir, *args, **kwargs):
+        trained.append(config.run_hash())
+        if config.task.n_tasks == 2 and len(trained) < 4:
+            raise RuntimeError("injected failure for this test")
+        return real_run(config, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(iclab.experiment, "run", flaky_run)
+    out = tmp_path / "sweep"
+    outcome = run_sweep(spec, out, LocalExecutor(), progress=False)
+    store = SweepStore(out)
+    assert list(outcome.failed) == [doomed] and len(outcome.completed) == 2
+    assert "injected failure for this test" in store.failure(doomed)
+    assert "Traceback" in store.failure(doomed)
+    header, rows = status_rows(out)
+    assert [row[1] for row in rows] == ["complete", "failed", "complete"]
+    assert "injected failure" in rows[1][header.index("true PT,Ridge")]
+    # Without --retry-failed nothing runs; with it only the failed run.
+    assert run_sweep(spec, out, progress=False).completed == [] and len(trained) == 3
+    retried = run_sweep(spec, out, retry_failed=True, progress=False)
+    assert retried.completed == [doomed] and trained[3:] == [doomed]
+    assert store.status(doomed) == "complete"
+    assert not (store.run_dir(doomed) / "failed.json").exists()
+
+
+def _launch(spec: Path, out: Path, workers: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "iclab.cli", "sweep", str(spec), "--out", str(out)]
+    command += ["--workers", str(workers), "--no-progress"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep ended early: {process.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the sweep")
+        time.sleep(0.05)
+
+
+def _cpu_ticks(pid: str) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
+    """SIGKILL the sweep (in-process executor: the driver is the worker) while the second of
+    three runs is between checkpoints; a restart keeps the first run untouched, resumes the
+    second from its checkpoint and finishes the third. The result equals an uninterrupted sweep."""
+    spec = write_spec(
+        tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=400, checkpoint_every=20, eval_every=100
+    )
+    runs = load_spec(spec).runs()
+    store = SweepStore(tmp_path / "killed")
+    first, second = (store.run_dir(r.run_hash) for r in runs[:2])
+    process = _launch(spec, tmp_path / "killed", workers=1)
+    try:
+        _wait_for(lambda: store.status(runs[1].run_hash) == "interrupted", process)
+        _wait_for(lambda: store.checkpoint_step(runs[1].run_hash) >= 60, process)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert store.status(runs[0].run_hash) == "complete"
+    assert store.status(runs[2].run_hash) == "pending"
+    killed_at = store.checkpoint_step(runs[1].run_hash)
+    assert 60 <= killed_at < 1000
+    first_eval = (first / "eval.json").stat()
+
+    outcome = run_sweep(load_spec(spec), tmp_path / "killed", progress=False)
+    assert outcome.skipped == [runs[0].run_hash]
+    assert outcome.completed == [runs[1].run_hash, runs[2].run_hash]
+    assert (first / "eval.json").stat().st_mtime_ns == first_eval.st_mtime_ns
+    assert _steps(second) == [250, 500, 750, 1000]  # each evaluation exactly once
+    run_dirs = sorted(p.name for p in (tmp_path / "killed" / "runs").iterdir())
+    assert run_dirs == sorted(r.run_hash for r in runs)
+
+    run_sweep(load_spec(spec), tmp_path / "whole", progress=False)
+    for run in runs:
+        killed = json.loads((store.run_dir(run.run_hash) / "eval.json").read_text())
+        whole = json.loads(
+            (SweepStore(tmp_path / "whole").run_dir(run.run_hash) / "eval.json").read_text()
+        )
+        assert killed["distributions"] == whole["distributions"]
+
+
+def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path):
+    """SIGKILL one worker process of a two-process pool: its run is recorded as failed with the
+    reason, and --retry-failed resumes it from the checkpoint the driver received."""
+    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2]", steps=1000, checkpoint_every=20)
+    runs = load_spec(spec).runs()
+    out = tmp_path / "sweep"
+    store = SweepStore(out)
+    process = _launch(spec, out, workers=2)
+    try:
+        _wait_for(lambda: all(store.checkpoint_step(r.run_hash) >= 40 for r in runs), process)
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        # Spawned children are the two pool workers and the message queue's manager; the
+        # busiest is a worker.
+        busiest = max(children, key=_cpu_ticks)
+        os.kill(int(busiest), signal.SIGKILL)
+        assert process.wait(timeout=120) == 1  # failed runs: exit status 1
+    finally:
+        process.kill()
+        process.wait()
+    statuses = [store.status(r.run_hash) for r in runs]
+    assert "failed" in statuses
+    failed = [r.run_hash for r in runs if store.status(r.run_hash) == "failed"]
+    assert all("worker process died" in store.failure(h) for h in failed)
+    resumed_from = {h: store.checkpoint_step(h) for h in failed}
+    outcome = run_sweep(load_spec(spec), out, retry_failed=True, progress=False)
+    assert sorted(outcome.completed) == sorted(failed)
+    assert all(store.status(r.run_hash) == "complete" for r in runs)
+    assert all(resumed_from[h] >= 20 for h in failed)
+
+
+def test_results_table_and_figures(tmp_path):
+    spec = load_spec(
+        write_spec(tmp_path / "s.toml", 'n_tasks = [1, 4, "inf"]\nbatch_size = [8, 16]')
+    )
+    out = tmp_path / "sweep"
+    run_sweep(spec, out, LocalExecutor(workers=2, threads_per_run=1), progress=False)
+    rows = results_rows(out)
+    assert len(rows) == 6 * 2  # runs x distributions
+    assert {r["distribution"] for r in rows} == {"pretrain", "true"}
+    assert {r["n_tasks"] for r in rows} == {1, 4, "inf"} and {r["batch_size"] for r in rows} == {
+        8,
+        16,
+    }
+    row = next(r for r in rows if r["n_tasks"] == 4 and r["distribution"] == "true")
+    evaluation = SweepStore(out).evaluation(row["run"])["distributions"]["true"]
+    assert row["delta_PT,Ridge"] == evaluation["delta_mean"]["PT,Ridge"]
+    assert row["mse_dMMSE"] == evaluation["mse_mean"]["dMMSE"]
+    csv_path = write_results(out)[0]
+    assert len(csv_path.read_text().splitlines()) == 1 + 12
+
+    from iclab.sweeps.figures import plot_sweep
+
+    paths = plot_sweep(out, [1, None])
+    assert [p.name for p in paths] == [
+        "task_diversity.png", "mse_per_position_by_M.png", "delta_over_training.png"
+    ]  # fmt: skip
+    assert all(p.stat().st_size > 10_000 for p in paths)

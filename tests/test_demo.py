@@ -1,6 +1,8 @@
 import pytest
 
+from iclab.config import load_config
 from iclab.demo import check_regimes, run_demo
+from iclab.sweeps.store import SweepStore
 
 
 def row(n_tasks, pre, true):
@@ -41,10 +43,13 @@ def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wall time" in printed and "Bayesian regime" in printed
     # A second call reuses the completed runs; a run without eval.json resumes from its checkpoint.
-    (tmp_path / "M=16" / "eval.json").unlink()
+    run_dir = SweepStore(tmp_path).run_dir(
+        load_config("tiny", [*overrides, "n_tasks=16"]).run_hash()
+    )
+    (run_dir / "eval.json").unlink()
     again = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)
     assert again.rows == report.rows
-    assert (tmp_path / "M=16" / "eval.json").exists()
+    assert (run_dir / "eval.json").exists()
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from iclab.sweeps.spec import SPEC_KEYS, expand_values, load_spec
 from iclab.sweeps.store import SweepStore
 from iclab.sweeps.table import results_rows, write_results
 
+ONE_THREAD = LocalExecutor(threads_per_run=1)  # as the killed sweeps ran: identical results
 SWEEP_SPECS = Path(__file__).parent.parent / "src" / "iclab" / "presets" / "sweeps"
 
 
@@ -102,7 +103,7 @@ def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
 
 def _launch(spec: Path, out: Path, workers: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "iclab.cli", "sweep", str(spec), "--out", str(out)]
-    command += ["--workers", str(workers), "--no-progress"]
+    command += ["--workers", str(workers), "--threads-per-run", "1", "--no-progress"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -132,7 +133,7 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
     three runs is between checkpoints; a restart keeps the first run untouched, resumes the
     second from its checkpoint and finishes the third. The result equals an uninterrupted sweep."""
     spec = write_spec(
-        tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=400, checkpoint_every=20, eval_every=100
+        tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=600, checkpoint_every=20, eval_every=150
     )
     runs = load_spec(spec).runs()
     store = SweepStore(tmp_path / "killed")
@@ -148,18 +149,18 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
     assert store.status(runs[0].run_hash) == "complete"
     assert store.status(runs[2].run_hash) == "pending"
     killed_at = store.checkpoint_step(runs[1].run_hash)
-    assert 60 <= killed_at < 1000
+    assert 60 <= killed_at < 600
     first_eval = (first / "eval.json").stat()
 
-    outcome = run_sweep(load_spec(spec), tmp_path / "killed", progress=False)
+    outcome = run_sweep(load_spec(spec), tmp_path / "killed", ONE_THREAD, progress=False)
     assert outcome.skipped == [runs[0].run_hash]
     assert outcome.completed == [runs[1].run_hash, runs[2].run_hash]
     assert (first / "eval.json").stat().st_mtime_ns == first_eval.st_mtime_ns
-    assert _steps(second) == [250, 500, 750, 1000]  # each evaluation exactly once
+    assert _steps(second) == [150, 300, 450, 600]  # each evaluation exactly once
     run_dirs = sorted(p.name for p in (tmp_path / "killed" / "runs").iterdir())
     assert run_dirs == sorted(r.run_hash for r in runs)
 
-    run_sweep(load_spec(spec), tmp_path / "whole", progress=False)
+    run_sweep(load_spec(spec), tmp_path / "whole", ONE_THREAD, progress=False)
     for run in runs:
         killed = json.loads((store.run_dir(run.run_hash) / "eval.json").read_text())
         whole = json.loads(
@@ -171,7 +172,7 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
 def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path):
     """SIGKILL one worker process of a two-process pool: its run is recorded as failed with the
     reason, and --retry-failed resumes it from the checkpoint the driver received."""
-    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2]", steps=1000, checkpoint_every=20)
+    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2]", steps=600, checkpoint_every=20)
     runs = load_spec(spec).runs()
     out = tmp_path / "sweep"
     store = SweepStore(out)
@@ -194,7 +195,7 @@ def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path
     failed = [r.run_hash for r in runs if store.status(r.run_hash) == "failed"]
     assert all("worker process died" in store.failure(h) for h in failed)
     resumed_from = {h: store.checkpoint_step(h) for h in failed}
-    outcome = run_sweep(load_spec(spec), out, retry_failed=True, progress=False)
+    outcome = run_sweep(load_spec(spec), out, ONE_THREAD, retry_failed=True, progress=False)
     assert sorted(outcome.completed) == sorted(failed)
     assert all(store.status(r.run_hash) == "complete" for r in runs)
     assert all(resumed_from[h] >= 20 for h in failed)

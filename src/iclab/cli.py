@@ -85,7 +85,12 @@ def _executor(args):
     from iclab.sweeps.executors import make_executor
 
     return make_executor(
-        args.executor, args.workers, args.address, args.cpus_per_run, args.gpus_per_run
+        args.executor,
+        args.workers,
+        args.address,
+        args.cpus_per_run,
+        args.gpus_per_run,
+        args.threads_per_run,
     )
 
 
@@ -149,6 +154,9 @@ def _threshold(args) -> int:
 def _add_executor_options(parser) -> None:
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument(
+        "--threads-per-run", type=int, help="local: torch threads per run (default: cores/workers)"
+    )
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run")
     parser.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPU fraction per run")

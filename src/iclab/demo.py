@@ -8,23 +8,21 @@ Delta-vs-log2 M figure and checks the paper's two regimes:
 - non-Bayesian ICL: at some finite M where dMMSE is still far from Ridge on the true prior
   (Delta_dMMSE,Ridge >= 2 Delta_PT,Ridge), Delta_PT,Ridge <= Delta_PT,dMMSE / 2 there.
 
-Runs already completed in the output directory are reused, unfinished ones resume.
+The output directory is a sweep directory (iclab.sweeps): runs already completed there are reused,
+unfinished ones resume, and `iclab status/results/plot` work on it.
 """
 
-import dataclasses
-import json
-import multiprocessing
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from iclab.config import RunConfig, load_config
-from iclab.results import EVAL_FILE, format_table
+from iclab.config import load_config
+from iclab.results import format_table
+from iclab.sweeps.executors import LocalExecutor
+from iclab.sweeps.runner import run_runs
+from iclab.sweeps.spec import SweepRun
+from iclab.sweeps.store import SweepError, SweepStore
 
 DEMO_PRESET = "tiny"
 DEMO_TASK_DIVERSITIES = (1, 8, 64, 512, 4096, None)
@@ -46,61 +44,6 @@ class DemoReport:
 
 def run_label(n_tasks: int | None) -> str:
     return "M=inf" if n_tasks is None else f"M={n_tasks}"
-
-
-def _train_one(config: RunConfig, run_dir: Path, threads: int, report: Callable, key) -> dict:
-    """Train and evaluate one run, or reuse its eval.json; calls report(key, steps done)."""
-    import torch
-
-    from iclab.experiment import run
-
-    torch.set_num_threads(threads)
-    eval_path = run_dir / EVAL_FILE
-    if eval_path.exists():
-        return json.loads(eval_path.read_text())
-    resume = (run_dir / "config.toml").exists()
-    on_log = lambda done, loss: report((key, done))  # noqa: E731
-    return run(config, run_dir, resume=resume, progress=False, on_log=on_log)
-
-
-def _train_all(configs: dict, out_dir: Path, workers: int, bar: tqdm) -> dict:
-    """Evaluations of every run: in this process for one worker, else in a process pool."""
-    steps_done = dict.fromkeys(configs, 0)
-
-    def record(key_steps) -> None:
-        key, steps = key_steps
-        steps_done[key] = steps
-        bar.update(sum(steps_done.values()) - bar.n)
-
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    if workers == 1:
-        return {
-            m: _train_one(config, out_dir / run_label(m), threads, record, m)
-            for m, config in configs.items()
-        }
-    evaluations = {}
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with (
-        context.Manager() as manager,
-        ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool,
-    ):
-        reports = manager.Queue()
-        futures = {
-            pool.submit(_train_one, config, out_dir / run_label(m), threads, reports.put, m): m
-            for m, config in configs.items()
-        }
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=1.0)
-            while not reports.empty():
-                record(reports.get())
-            for future in finished:
-                m = futures[future]
-                evaluations[m] = future.result()
-                record((m, configs[m].train.steps))
-                bar.set_postfix_str(f"{len(evaluations)}/{len(configs)} runs done")
-    return evaluations
 
 
 def summarize(n_tasks: int | None, evaluation: dict) -> dict:
@@ -161,6 +104,14 @@ def format_rows(rows: list[dict]) -> str:
     return "Delta metrics (mean over positions, MSE/D):\n" + format_table(header, table)
 
 
+def _assign(values: dict) -> str:
+    return (
+        f'n_tasks="{values["n_tasks"]}"'
+        if values["n_tasks"] == "inf"
+        else f"n_tasks={values['n_tasks']}"
+    )
+
+
 def run_demo(
     out_dir: Path,
     task_diversities: tuple[int | None, ...] = DEMO_TASK_DIVERSITIES,
@@ -173,15 +124,16 @@ def run_demo(
     from iclab.plots import plot_task_diversity
 
     started = time.perf_counter()
-    base = load_config(DEMO_PRESET, list(overrides))
-    configs = {
-        m: dataclasses.replace(base, task=dataclasses.replace(base.task, n_tasks=m))
-        for m in task_diversities
+    grid = [{"n_tasks": "inf" if m is None else m} for m in task_diversities]
+    runs = [SweepRun(load_config(DEMO_PRESET, [*overrides, _assign(g)]), g) for g in grid]
+    workers = workers or min(len(runs), os.cpu_count() or 1)
+    outcome = run_runs(runs, out_dir, LocalExecutor(workers), retry_failed=True, progress=progress)
+    if outcome.failed:
+        raise SweepError(f"demo runs failed, see `iclab status {out_dir}`: {outcome.failed}")
+    store = SweepStore(out_dir)
+    evaluations = {
+        m: store.evaluation(run.run_hash) for m, run in zip(task_diversities, runs, strict=True)
     }
-    workers = workers or min(len(configs), os.cpu_count() or 1)
-    total_steps = sum(config.train.steps for config in configs.values())
-    with tqdm(total=total_steps, disable=not progress, unit="step", desc="demo") as bar:
-        evaluations = _train_all(configs, Path(out_dir), workers, bar)
     rows = [summarize(m, evaluations[m]) for m in task_diversities]
     checks = check_regimes(rows)
     figure = plot_task_diversity(rows, Path(out_dir) / "task_diversity.png", pdf=pdf)

@@ -31,6 +31,10 @@ class LocalExecutor:
         """threads_per_run: torch threads of each run, by default the cores shared out."""
         if workers < 1:
             raise ConfigError(f"--workers = {workers} is not allowed: expected an integer >= 1")
+        if threads_per_run is not None and threads_per_run < 1:
+            raise ConfigError(
+                f"--threads-per-run = {threads_per_run} is not allowed: expected an integer >= 1"
+            )
         self.workers = workers
         self.threads_per_run = threads_per_run or max(1, (os.cpu_count() or 1) // workers)
 
@@ -123,9 +127,10 @@ def make_executor(
     address: str | None = None,
     cpus_per_run: float = 1,
     gpus_per_run: float = 0,
+    threads_per_run: int | None = None,
 ):
     if name == "local":
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, threads_per_run)
     if name == "ray":
         return RayExecutor(address, cpus_per_run, gpus_per_run)
     raise ConfigError(f"--executor = {name!r} is not allowed: expected 'local' or 'ray'")

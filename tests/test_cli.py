@@ -99,3 +99,44 @@ def test_demo_exit_status_says_whether_the_regimes_hold(monkeypatch, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
     monkeypatch.setattr(iclab.demo, "run_demo", fake_demo(False))
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 1
+
+
+def test_sweep_commands_end_to_end(tmp_path, capsys):
+    fixed = "\n".join(tiny_overrides(steps=20))
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'base = "tiny"\n[set]\n{fixed}\n[grid]\nn_tasks = ["2^0..2^1"]\nbatch_size = [8, 16]\n'
+        '[threshold]\ncriterion = "fraction"\n'
+    )
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" complete ") == 4 and "4 runs completed, 0 failed" in printed
+    assert main(["status", str(out)]) == 0
+    assert capsys.readouterr().out.count(" complete ") == 4
+    assert main(["results", str(out)]) == 0
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 4 * 2
+    assert main(["threshold", str(spec), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "threshold:" in printed and (out / "threshold.json").exists()
+    assert main(["plot", str(out), "--m", "1", "2", "--pdf"]) == 0
+    assert (out / "task_diversity.pdf").stat().st_size > 5_000
+    # Nothing new to train the second time.
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert "0 runs completed, 0 failed, 4 skipped" in capsys.readouterr().out
+
+
+def test_sweep_errors_name_the_problem(tmp_path, capsys, monkeypatch):
+    assert main(["status", str(tmp_path / "nowhere")]) == 1
+    assert "is not a sweep directory" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    spec = tmp_path / "spec.toml"
+    spec.write_text('base = "tiny"\n[grid]\nn_tasks = [0]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
+    assert "n_tasks = 0 is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a bad spec writes nothing
+    monkeypatch.setitem(sys.modules, "ray", None)
+    spec.write_text('base = "tiny"\n[grid]\nn_tasks = [1]\n')
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "ray"]) == 2
+    assert "pip install 'iclab[ray]'" in capsys.readouterr().err

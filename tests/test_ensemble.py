@@ -80,3 +80,31 @@ def test_ensemble_key_groups_only_compatible_runs():
     assert ensemble_key(dropout) is None
     with pytest.raises(ValueError, match="differ only in seed and task"):
         train_ensemble([base, wider])
+
+
+def test_ensemble_sweep_matches_the_plain_sweep(tmp_path):
+    from iclab.sweeps.runner import run_sweep
+    from iclab.sweeps.spec import load_spec
+    from iclab.sweeps.store import SweepStore
+
+    fixed = "\n".join(tiny_overrides(steps=40))
+    results = {}
+    for ensemble in ("true", "false"):
+        spec_path = tmp_path / f"{ensemble}.toml"
+        spec_path.write_text(
+            f'base = "tiny"\nensemble = {ensemble}\n[set]\n{fixed}\n'
+            '[grid]\nn_tasks = [1, 4, "inf"]\nseed = [0, 1]\n'
+        )
+        spec = load_spec(spec_path)
+        outcome = run_sweep(spec, tmp_path / ensemble, progress=False)
+        assert len(outcome.completed) == 6 and not outcome.failed
+        store = SweepStore(tmp_path / ensemble)
+        results[ensemble] = {
+            run.run_hash: store.evaluation(run.run_hash)["distributions"] for run in spec.runs()
+        }
+    assert results["true"].keys() == results["false"].keys()
+    for run_hash, distributions in results["true"].items():
+        for name, result in distributions.items():
+            plain = results["false"][run_hash][name]["delta_mean"]
+            for pair, value in result["delta_mean"].items():
+                assert value == pytest.approx(plain[pair], rel=1e-4, abs=1e-7)

@@ -1,6 +1,7 @@
 """`iclab` command line: parses arguments, calls the library, prints. No science here."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -84,9 +85,10 @@ def _reproduce(args) -> int:
 def _executor(args):
     from iclab.sweeps.executors import make_executor
 
+    default_workers = (os.cpu_count() or 1) if args.command == "reproduce" else 1
     return make_executor(
         args.executor,
-        args.workers,
+        args.workers or default_workers,
         args.address,
         args.cpus_per_run,
         args.gpus_per_run,
@@ -153,7 +155,9 @@ def _threshold(args) -> int:
 
 def _add_executor_options(parser) -> None:
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
-    parser.add_argument("--workers", type=int, default=1, help="local worker processes")
+    parser.add_argument(
+        "--workers", type=int, help="local worker processes (default: 1; reproduce: one per core)"
+    )
     parser.add_argument(
         "--threads-per-run", type=int, help="local: torch threads per run (default: cores/workers)"
     )

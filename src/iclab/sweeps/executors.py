@@ -7,8 +7,9 @@
 
 Both call on_message(message) in the driver for every report a worker makes (iclab.sweeps.worker),
 always before the outcome of the job that made it. Results are bit-identical across executors for
-equal torch threads per run (torch's CPU kernels may split sums by thread count): a local pool of N
-workers on C cores uses C // N threads, a Ray task int(cpus_per_run).
+equal torch threads per run (torch's CPU kernels may split sums by thread count): in-process runs use
+this process's torch threads, a local pool of N workers on C cores C // N, a Ray task
+int(cpus_per_run).
 """
 
 import multiprocessing
@@ -28,7 +29,8 @@ RAY_MISSING = (
 
 class LocalExecutor:
     def __init__(self, workers: int = 1, threads_per_run: int | None = None):
-        """threads_per_run: torch threads of each run, by default the cores shared out."""
+        """threads_per_run: torch threads of each run; by default this process's setting when
+        workers = 1, else the cores shared out among the workers."""
         if workers < 1:
             raise ConfigError(f"--workers = {workers} is not allowed: expected an integer >= 1")
         if threads_per_run is not None and threads_per_run < 1:
@@ -36,6 +38,10 @@ class LocalExecutor:
                 f"--threads-per-run = {threads_per_run} is not allowed: expected an integer >= 1"
             )
         self.workers = workers
+        if threads_per_run is None and workers == 1:
+            import torch
+
+            threads_per_run = torch.get_num_threads()  # in this process: its own setting
         self.threads_per_run = threads_per_run or max(1, (os.cpu_count() or 1) // workers)
 
     def run(self, jobs: list[Job], on_message: Callable) -> Iterator[tuple[Job, Outcome]]:

@@ -66,8 +66,10 @@ def plot_sweep(
         runs.setdefault((row["batch_size"], _n_tasks(row["n_tasks"])), row["run"])
     batch_sizes = sorted({b for b, _ in runs})
     order = sorted({m for _, m in runs}, key=lambda m: math.inf if m is None else m)
-    if n_tasks_shown is None:
-        n_tasks_shown = list(dict.fromkeys(order[:: max(1, len(order) // 4)][:3] + order[-1:]))
+    if n_tasks_shown is None:  # about four M spread over those run at the largest batch size
+        at_largest = [m for m in order if (batch_sizes[-1], m) in runs]
+        step = max(1, len(at_largest) // 4)
+        n_tasks_shown = list(dict.fromkeys(at_largest[::step][:3] + at_largest[-1:]))
     missing = [m for m in n_tasks_shown if (batch_sizes[-1], m) not in runs]
     if missing:
         raise SweepError(f"no completed run with M in {missing} at batch size {batch_sizes[-1]}")

@@ -8,8 +8,8 @@ line in benchmarks/__main__.py's BENCHMARKS.
 
 Timings on a shared machine are noisy: compare cases measured in one run (ratios), and read the
 "load_1min" column (the machine's load average when the case started) before trusting seconds.
-This module holds the helpers every benchmark uses: `measure` (wall and CPU seconds, peak memory)
-and `environment`.
+This module holds helpers for the benchmark modules: `measure` (wall and CPU seconds, peak
+memory), `best_seconds`, `torch_threads`, `load_1min` and `environment`.
 """
 
 import gc
@@ -18,7 +18,8 @@ import platform
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -53,12 +54,14 @@ def _max_rss_bytes() -> int:
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, dict]:
-    """Run fn() once: (its result, {"seconds", "cpu_seconds", "peak_mib", "memory_method"}).
+    """Run fn() once: (its result, {"seconds", "cpu_seconds", "peak_mib", "rss_before_mib",
+    "memory_method"}).
 
-    peak_mib is the growth of the resident set size over its value just before the call. If the
-    process's lifetime peak (ru_maxrss) rose during the call, that peak is exact; otherwise it is
-    the highest RSS sampled every 5 ms by a background thread (psutil, else /proc/self/statm), and
-    without a sampler only the ru_maxrss rise (0 if the call stayed below an earlier peak).
+    peak_mib: the peak resident set size during the call minus rss_before_mib, the size just
+    before it (interpreter, torch, inputs, and memory freed earlier but kept by the allocator, which
+    the call may reuse). The peak is the process's lifetime peak (ru_maxrss) if that rose during the
+    call (then exact); otherwise the highest RSS sampled every 5 ms by a background thread (psutil,
+    else /proc/self/statm); without a sampler, only the rise of ru_maxrss (0 if none).
     """
     gc.collect()
     read_rss, method = _rss_reader()
@@ -93,6 +96,7 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, dict]:
         "seconds": wall,
         "cpu_seconds": cpu,
         "peak_mib": max(0, peak_bytes - base) / MIB,
+        "rss_before_mib": base / MIB,
         "memory_method": method,
     }
     return result, stats
@@ -106,6 +110,17 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> tuple[Any, float]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return result, best
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block, the previous count after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_1min() -> float | None:

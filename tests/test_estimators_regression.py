@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from iclab.estimators import regression
 from iclab.estimators.regression import (
     CHUNK_ELEMENTS,
     DMMSE,
@@ -215,6 +216,25 @@ def test_dtype_and_device_follow_input(index, dtype):
     xs, ys = xs.to(dtype), ys.to(dtype)
     out = all_estimators(pool)[index](xs, ys)
     assert out.dtype == dtype and out.device == xs.device and out.shape == (B, K)
+
+
+@pytest.mark.parametrize("index", [3, 4])
+def test_worker_threads_give_the_single_thread_result(index, monkeypatch):
+    # 100 sequences make several row blocks (of 32 sequences; of 512 positions for the smoothed
+    # estimator), which two worker threads share; the thread count is restored afterwards.
+    xs, ys, pool = make_data(18, batch=100, n_tasks=50)
+    estimator = all_estimators(pool)[index]
+    single = estimator(xs, ys)
+    calls = []
+    stream_rows = regression._stream_rows
+    monkeypatch.setattr(regression, "_stream_rows", lambda *a: calls.append(1) or stream_rows(*a))
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(estimator(xs, ys), single, rtol=0, atol=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert len(calls) == 2
 
 
 def test_auto_chunk_size_shrinks_with_rows():

@@ -9,16 +9,28 @@ Notation: G_k = sum_{j<k} x_j x_j^T, b_k = sum_{j<k} y_j x_j (exclusive prefix s
 """
 
 import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-# Elements of one (rows x pool chunk) work buffer when chunk_size is None: 2^23 float32 = 32 MiB,
-# so the few live buffers stay far below any memory limit while each torch op has enough work.
-CHUNK_ELEMENTS = 2**23
+# The pool-posterior estimators work on tiles of (rows x pool chunk) energies. Tile elements when
+# chunk_size is None: 2^19 float32 = 2 MiB. On the 2-core development machine (1 MiB L2 per core)
+# tiles of 1-4 MiB ran alike and ~1.5x faster per element than 16 MiB ones, and the ~30 torch
+# calls of a tile (0.1-0.2 ms of dispatch) stay small against its ~1.5 ms of work.
+CHUNK_ELEMENTS = 2**19
+# dMMSE tiles hold all pairs of whole sequences: 32 sequences x 15 pairs = 480 rows at K = 16.
+SEQUENCES_PER_BLOCK = 32
+# Smoothed dMMSE rows are independent (sequence, position) pairs.
+ROWS_PER_BLOCK = 512
 
-# exp(-87) ~ 1.6e-38 is just above float32's smallest normal number.
-LOG_WEIGHT_FLOOR = -87.0
+# Weights are 2^-energy (exp2 measured 2x faster than exp on this CPU). Clamping log2-weights at
+# float32's smallest normal exponent keeps exp2 (and the products after it) out of the slow
+# subnormal range; it adds at most 2^-126 per task relative to the best one, far below resolution.
+LOG2_WEIGHT_FLOOR = -126.0
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,33 +88,95 @@ def min_norm_predictions(xs: Tensor, ys: Tensor) -> Tensor:
     return preds
 
 
-def stream_pool_mean(pool: Tensor, energy, n_rows: int, chunk_size: int | None) -> Tensor:
-    """Posterior mean sum_i softmax_i(-energy[r, i]) pool[i] for every row r: (n_rows, D).
+def stream_pool_mean(
+    pool: Tensor,
+    row_features: Tensor,
+    chunk_features: Callable[[Tensor], Tensor],
+    block_rows: int,
+    chunk_size: int | None = None,
+    finish: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """Posterior means sum_i 2^-e[r, i] w_i / sum_i 2^-e[r, i] of the pool (M, D) per row r.
 
-    `energy(chunk)` returns a fresh (n_rows, len(chunk)) tensor of negative log-weights (up to a
-    per-row constant); it is overwritten here. The pool is visited in chunks with a running
-    log-sum-exp (lowest energy so far, weighted sums of [w_i, 1] relative to it), so memory does not
-    grow with the pool size.
+    Energies e (log2 units, up to a constant per row) come tile by tile: for rows r0:r0+block_rows
+    and pool chunk c, e = row_features[rows] @ chunk_features(pool[c]), with row_features
+    (n_rows, F) and chunk_features(chunk) (F, len(chunk)), then finish(e) in place if given. One reused buffer holds a tile, and a running log-sum-exp per row
+    (lowest energy so far, weighted sums of [w_i, 1] relative to it) combines the tiles, so memory
+    does not grow with the pool size. Returns (n_rows, D).
+
+    On CPU with torch.get_num_threads() = n > 1, n worker threads each stream their share of whole
+    row blocks with single-threaded torch ops. Intra-op threads would meet at every one of the ~30
+    ops of a tile; on a loaded machine, where a thread often waits for a core, that made a 2-thread
+    run 50x slower than 1 thread. Independent workers only meet at the end.
     """
+    n_rows = len(row_features)
+    n_blocks = -(-n_rows // block_rows)
+    workers = min(torch.get_num_threads(), n_blocks) if pool.device.type == "cpu" else 1
+    if workers == 1:
+        return _stream_rows(pool, row_features, chunk_features, block_rows, chunk_size, finish)
+    shares = row_features.split(-(-n_blocks // workers) * block_rows)
+
+    def stream(share: Tensor) -> Tensor:
+        return _stream_rows(pool, share, chunk_features, block_rows, chunk_size, finish)
+
+    with _single_threaded_ops(), ThreadPoolExecutor(len(shares)) as executor:
+        return torch.cat(list(executor.map(stream, shares)))
+
+
+_THREAD_COUNT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _single_threaded_ops():
+    """torch.set_num_threads(1) until exit, then the previous count. Threads started inside take
+    1 as their default, so their ops run without intra-op threads. The lock keeps concurrent
+    callers from restoring each other's 1."""
+    with _THREAD_COUNT_LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+@torch.no_grad()  # grad mode is per thread: workers start with it on
+def _stream_rows(
+    pool: Tensor,
+    row_features: Tensor,
+    chunk_features: Callable[[Tensor], Tensor],
+    block_rows: int,
+    chunk_size: int | None,
+    finish: Callable[[Tensor], None] | None,
+) -> Tensor:
+    """stream_pool_mean in the calling thread."""
     n_tasks, n_dims = pool.shape
-    chunk_size = chunk_size or auto_chunk_size(n_rows, n_tasks)
+    n_rows = len(row_features)
+    chunk_size = chunk_size or auto_chunk_size(block_rows, n_tasks)
     lowest = pool.new_full((n_rows,), math.inf)
-    # Columns: sum_i weight_i w_i, then sum_i weight_i (a column of ones saves a separate sum).
-    acc = pool.new_zeros(n_rows, n_dims + 1)
+    # Rows 0..D-1: sum_i weight_i w_i; row D: sum_i weight_i. Kept transposed (D + 1, n_rows)
+    # because tasks @ weights.T measured faster here than weights @ tasks.T.
+    acc = pool.new_zeros(n_dims + 1, n_rows)
+    buffer = pool.new_empty(min(block_rows, n_rows) * min(chunk_size, n_tasks))
     for start in range(0, n_tasks, chunk_size):
         chunk = pool[start : start + chunk_size]
-        e = energy(chunk)
-        new_lowest = torch.minimum(lowest, e.amin(1))
-        # Rescale the sums so far to the new reference; on the first chunk exp(-inf) = 0.
-        decay = torch.exp(new_lowest - lowest)
-        # Clamping at LOG_WEIGHT_FLOOR keeps exp out of its (10x slower) subnormal range; it adds
-        # at most e^-87 ~ 2e-38 per task relative to the best weight, far below float32 resolution.
-        weights = torch.sub(new_lowest[:, None], e, out=e).clamp_(min=LOG_WEIGHT_FLOOR).exp_()
-        # linear() with a contiguous (D + 1, C) weight measured ~2x faster here than addmm_.
-        tasks = torch.cat([chunk.T, chunk.new_ones(1, len(chunk))]).contiguous()
-        acc.mul_(decay[:, None]).add_(torch.nn.functional.linear(weights, tasks))
-        lowest = new_lowest
-    return acc[:, :-1] / acc[:, -1:]
+        side = chunk_features(chunk)
+        tasks = torch.cat([chunk.T, chunk.new_ones(1, len(chunk))])
+        for row in range(0, n_rows, block_rows):
+            rows = slice(row, row + block_rows)
+            features = row_features[rows]
+            tile = buffer[: len(features) * len(chunk)].view(len(features), len(chunk))
+            e = torch.mm(features, side, out=tile)
+            if finish is not None:
+                finish(e)
+            new_lowest = torch.minimum(lowest[rows], e.amin(1))
+            # Rescale the sums so far to the new reference; on the first chunk 2^-inf = 0.
+            decay = torch.exp2(new_lowest - lowest[rows])
+            # In place: 2^(lowest - e), so the best task of each row has weight 1.
+            weights = torch.sub(new_lowest[:, None], e, out=e).clamp_(min=LOG2_WEIGHT_FLOOR).exp2_()
+            acc[:, rows].mul_(decay).add_(tasks @ weights.T)
+            lowest[rows] = new_lowest
+    return (acc[:-1] / acc[-1]).T
 
 
 class Ridge:
@@ -178,8 +252,10 @@ class DMMSE(_PoolPosterior):
     Position 0 predicts mean(pool).x_0; position k predicts sum_i pi_i (w_i . x_k) with
     pi = softmax_i(-sum_{j<k} (y_j - w_i.x_j)^2 / (2 noise_std^2)). The residuals are summed
     directly (not expanded via G and b) so the log-weights stay accurate when the noise is tiny.
-    All positions come from one pass over the pool, in chunks of chunk_size tasks (None: automatic,
-    shrinking with the batch so that batch * n_points * chunk_size is about CHUNK_ELEMENTS).
+    All positions come from one pass over the pool: per tile of 32 sequences x chunk_size tasks,
+    one matrix product gives every residual, a running sum over pairs turns them into the energies
+    of all K - 1 prefixes, and stream_pool_mean weights them. chunk_size None: automatic, about
+    CHUNK_ELEMENTS / (32 (K - 1)) tasks.
     """
 
     name = "dMMSE"
@@ -191,22 +267,38 @@ class DMMSE(_PoolPosterior):
         batch, n_points, n_dims = xs.shape
         preds = xs_c.new_empty(batch, n_points)
         preds[:, 0] = xs_c[:, 0] @ pool.mean(0)
-        if n_points > 1:
-            # Scaling by 1 / (sqrt(2) sigma) first makes a squared residual its energy directly.
-            # [x, y] . [w, -1] = w.x - y puts the residual subtraction inside the matrix product.
-            scale = 1.0 / (math.sqrt(2.0) * self.noise_std)
-            pairs = torch.cat([xs_c[:, :-1], ys_c[:, :-1, None]], dim=-1).reshape(-1, n_dims + 1)
-            pairs *= scale
+        if n_points == 1:
+            return preds.to(xs.dtype)
+        n_pairs = n_points - 1
+        # [x, -y] . [w, 1] = w.x - y puts the residual inside the matrix product; the factor
+        # sqrt(log2(e) / (2 sigma^2)) makes its square the energy in log2 units.
+        scale = math.sqrt(math.log2(math.e) / 2) / self.noise_std
+        pairs = torch.cat([xs_c[:, :-1], -ys_c[:, :-1, None]], dim=-1) * scale
+        # Blocks of n_seq sequences (zero-padded: zero pairs add zero energy), pair-major inside a
+        # block, so that pair j of all its sequences is one contiguous slab of a tile.
+        n_blocks = -(-batch // SEQUENCES_PER_BLOCK)
+        n_seq = -(-batch // n_blocks)
+        padded = pairs.new_zeros(n_blocks * n_seq, n_pairs, n_dims + 1)
+        padded[:batch] = pairs
+        rows = padded.view(n_blocks, n_seq, n_pairs, -1).transpose(1, 2).reshape(-1, n_dims + 1)
 
-            def energy(chunk: Tensor) -> Tensor:
-                chunk = torch.cat([chunk, chunk.new_full((len(chunk), 1), -1.0)], dim=1)
-                e = (pairs @ chunk.T).square_()  # row (s, j): pair j of sequence s
-                # Inclusive sum over pairs 0..j = energy of position j + 1 (an exclusive prefix).
-                e.view(batch, n_points - 1, len(chunk)).cumsum_(1)
-                return e
+        def energies(tile: Tensor) -> None:
+            # Residuals -> energies in place: slab j becomes the sum of squares over pairs 0..j,
+            # the energy of position j + 1. One fused op per slab, no separate squaring pass.
+            slabs = tile.view(n_pairs, n_seq, -1).unbind(0)
+            slabs[0].square_()
+            for previous, current in zip(slabs[:-1], slabs[1:], strict=True):
+                torch.addcmul(previous, current, current, out=current)
 
-            w_bar = stream_pool_mean(pool, energy, batch * (n_points - 1), self.chunk_size)
-            preds[:, 1:] = (xs_c[:, 1:] * w_bar.view(batch, n_points - 1, n_dims)).sum(-1)
+        def tasks_and_one(chunk: Tensor) -> Tensor:
+            return torch.cat([chunk.T, chunk.new_ones(1, len(chunk))])
+
+        w_bar = stream_pool_mean(
+            pool, rows, tasks_and_one, n_pairs * n_seq, self.chunk_size, energies
+        )
+        w_bar = w_bar.view(n_blocks, n_pairs, n_seq, n_dims).transpose(1, 2)
+        w_bar = w_bar.reshape(-1, n_pairs, n_dims)[:batch]
+        preds[:, 1:] = (xs_c[:, 1:] * w_bar).sum(-1)
         return preds.to(xs.dtype)
 
     __call__ = predict
@@ -261,14 +353,14 @@ class SmoothedDMMSE(_PoolPosterior):
         pair_coef = torch.where(
             rows == cols, hg[..., rows, cols], hg[..., rows, cols] + hg[..., cols, rows]
         )
-        features = torch.cat([-hb, 0.5 * pair_coef], dim=-1).reshape(
-            batch * n_points, len(rows) + n_dims
-        )
+        # log2(e) turns the natural-log energy into log2 units for stream_pool_mean's exp2.
+        features = torch.cat([-hb, 0.5 * pair_coef], dim=-1) * math.log2(math.e)
+        features = features.reshape(batch * n_points, len(rows) + n_dims)
 
-        def energy(chunk: Tensor) -> Tensor:
-            return features @ torch.cat([chunk, chunk[:, rows] * chunk[:, cols]], dim=1).T
+        def chunk_side(chunk: Tensor) -> Tensor:
+            return torch.cat([chunk, chunk[:, rows] * chunk[:, cols]], dim=1).T
 
-        w_bar = stream_pool_mean(pool, energy, batch * n_points, self.chunk_size)
+        w_bar = stream_pool_mean(pool, features, chunk_side, ROWS_PER_BLOCK, self.chunk_size)
         w_bar = w_bar.view(batch, n_points, n_dims)
         preds = (hx * (var_smooth * xty + var_noise * w_bar)).sum(-1)
         return preds.to(xs.dtype)

@@ -27,5 +27,9 @@ test: setup
 test-slow: setup
 	$(BIN)/pytest -m slow
 
+# Performance benchmarks (tables on stdout, rows in bench_results.json); not part of `make test`.
+bench: setup
+	$(BIN)/python -m benchmarks
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out runs

@@ -153,6 +153,18 @@ def _threshold(args) -> int:
     return 0
 
 
+def _bench(arguments: list[str]) -> int:
+    # benchmarks/ ships with the source tree, next to src/, and is not installed.
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        print("iclab: benchmarks/ comes with a checkout of the source tree", file=sys.stderr)
+        return USAGE_ERROR
+    sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(arguments)
+
+
 def _add_executor_options(parser) -> None:
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument(
@@ -239,10 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     threshold.add_argument("--no-progress", action="store_true")
     _add_executor_options(threshold)
     threshold.set_defaults(handler=_threshold)
+
+    bench = commands.add_parser(
+        "bench", help="performance benchmarks (python -m benchmarks)", add_help=False
+    )
+    bench.add_argument("arguments", nargs=argparse.REMAINDER, help="see iclab bench --help")
+    bench.set_defaults(handler=lambda args: _bench(args.arguments))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its options belong to the benchmarks, --help included
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -50,8 +50,9 @@ def execute(job: Job, report: Callable) -> Outcome:
     from iclab.ensemble import train_ensemble
     from iclab.experiment import finish_run, run
 
-    torch.set_num_threads(job.threads)
     hashes = job.run_hashes
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(job.threads)
     try:
         with tempfile.TemporaryDirectory(prefix="iclab-run-") as scratch:
             run_dirs = [Path(scratch) / run_hash for run_hash in hashes]
@@ -80,3 +81,5 @@ def execute(job: Job, report: Callable) -> Outcome:
             return Outcome(files=[read_files(run_dir) for run_dir in run_dirs])
     except Exception:
         return Outcome(error=traceback.format_exc())
+    finally:
+        torch.set_num_threads(threads_before)  # the in-process executor shares the driver's

@@ -78,6 +78,7 @@ def test_ensemble_key_groups_only_compatible_runs():
     assert ensemble_key(base) != ensemble_key(wider)
     assert ensemble_key(base) != ensemble_key(bigger_batch)
     assert ensemble_key(dropout) is None
+    assert ensemble_key(load_config("tiny", tiny_overrides(dtype='"bfloat16"'))) is None
     with pytest.raises(ValueError, match="differ only in seed and task"):
         train_ensemble([base, wider])
 

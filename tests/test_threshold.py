@@ -47,7 +47,11 @@ def test_threshold_on_completed_runs_trains_nothing_more(tmp_path):
     assert sorted(p.name for p in (out / "runs").iterdir()) == trained_before
     assert sorted(result.evaluations) == [0, 1, 2]
     # The bracket is consistent with the evidence: fails at or below low, holds at high.
-    assert all(not e.holds for x, e in result.evaluations.items() if result.low and x <= result.low)
+    assert all(
+        not e.holds
+        for x, e in result.evaluations.items()
+        if result.low is not None and x <= result.low
+    )
     if result.high is not None:
         assert result.evaluations[result.high].holds
     assert all(len(e.runs) == 2 for e in result.evaluations.values())

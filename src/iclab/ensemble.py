@@ -21,13 +21,9 @@ from tqdm.auto import tqdm
 
 from iclab.checkpoints import load_checkpoint, save_checkpoint
 from iclab.config import RunConfig
-from iclab.evaluation import evaluate_model
 from iclab.results import (
     CHECKPOINT_FILE,
-    append_metrics,
     prepare_run_dir,
-    read_metrics,
-    write_metrics,
 )
 from iclab.tasks import make_task
 from iclab.training import (
@@ -35,7 +31,9 @@ from iclab.training import (
     TrainResult,
     build_model,
     build_optimizer,
+    drop_metrics_after,
     learning_rate,
+    record_evaluation,
     resolve_device,
 )
 
@@ -44,8 +42,10 @@ def ensemble_key(config: RunConfig) -> str | None:
     """Runs with the same key can train as one ensemble: the same model, data shapes and
     optimisation, differing only in the seed and the task distribution (n_tasks, noise, prior,
     pool seed). None when the run must train alone (non-regression tasks; dropout, whose random
-    masks a stacked forward would not reproduce)."""
+    masks a stacked forward would not reproduce; bf16 autocast)."""
     if config.task.family != "regression" or getattr(config.model, "dropout", 0.0) > 0:
+        return None
+    if config.train.dtype != "float32":  # the stacked step has no autocast: train such runs alone
         return None
     data = config.to_dict()
     shapes = {k: data["task"][k] for k in ("family", "n_dims", "n_points")}
@@ -152,7 +152,7 @@ def train_ensemble(
             start = steps.pop()
             _stack(members, optimizers, optimizer, stacked)
             for d in run_dirs:
-                write_metrics(d, [r for r in read_metrics(d) if r["step"] <= start])
+                drop_metrics_after(d, start)
 
     def member_loss(parameters, xs, ys):
         model = lambda *arguments: functional_call(template, parameters, arguments)  # noqa: E731
@@ -215,15 +215,7 @@ def train_ensemble(
             for member, task, config, run_dir, loss in zip(
                 members, tasks, configs, run_dirs, last_losses, strict=True
             ):
-                evaluation = evaluate_model(
-                    member,
-                    task,
-                    train_config.eval_sequences,
-                    seed=config.eval.eval_seed,
-                    batch_size=config.eval.eval_batch_size,
-                )
-                record = {"step": done, "train_loss": loss, "lr": lr, "eval": evaluation}
-                append_metrics(run_dir, record)
+                record_evaluation(run_dir, member, task, config, done, loss)
         if run_dirs is not None and checkpoint_now:
             if not all(bool(torch.isfinite(p).all()) for p in stacked.values()):
                 raise TrainingDiverged(

@@ -106,6 +106,26 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def drop_metrics_after(run_dir: Path, step: int) -> None:
+    """On resume: records after the checkpoint's step will be written again by this run."""
+    write_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= step])
+
+
+def record_evaluation(
+    run_dir: Path, model, task, config: RunConfig, done: int, loss: float
+) -> None:
+    """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl."""
+    evaluation = evaluate_model(
+        model,
+        task,
+        config.train.eval_sequences,
+        seed=config.eval.eval_seed,
+        batch_size=config.eval.eval_batch_size,
+    )
+    lr = learning_rate(config.train, done - 1)
+    append_metrics(run_dir, {"step": done, "train_loss": loss, "lr": lr, "eval": evaluation})
+
+
 def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -139,8 +159,7 @@ def train(
         checkpoint = run_dir / CHECKPOINT_FILE
         if resume and checkpoint.exists():
             start = load_checkpoint(checkpoint, model, optimizer)
-            # Records written after the checkpoint will be written again by this run.
-            write_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= start])
+            drop_metrics_after(run_dir, start)
     end = train_config.steps if stop_after is None else min(stop_after, train_config.steps)
 
     def checkpoint_now(step: int) -> None:
@@ -201,19 +220,7 @@ def train(
         if run_dir is not None and (
             done % train_config.eval_every == 0 or done == train_config.steps
         ):
-            record = {
-                "step": done,
-                "train_loss": last_loss,
-                "lr": learning_rate(train_config, step),
-            }
-            record["eval"] = evaluate_model(
-                model,
-                task,
-                train_config.eval_sequences,
-                seed=config.eval.eval_seed,
-                batch_size=config.eval.eval_batch_size,
-            )
-            append_metrics(run_dir, record)
+            record_evaluation(run_dir, model, task, config, done, last_loss)
         if done % train_config.checkpoint_every == 0 or done == end:
             checkpoint_now(done)
     bar.close()

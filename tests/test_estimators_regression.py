@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -225,16 +226,44 @@ def test_worker_threads_give_the_single_thread_result(index, monkeypatch):
     xs, ys, pool = make_data(18, batch=100, n_tasks=50)
     estimator = all_estimators(pool)[index]
     single = estimator(xs, ys)
-    calls = []
-    stream_rows = regression._stream_rows
-    monkeypatch.setattr(regression, "_stream_rows", lambda *a: calls.append(1) or stream_rows(*a))
+    threads = set()
+    add = regression._RunningMean.add
+
+    def recording(self, *args):
+        threads.add(threading.get_ident())
+        return add(self, *args)
+
+    monkeypatch.setattr(regression._RunningMean, "add", recording)
     torch.set_num_threads(2)
     try:
         torch.testing.assert_close(estimator(xs, ys), single, rtol=0, atol=0)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
-    assert len(calls) == 2
+    assert len(threads) == 2
+
+
+@pytest.mark.parametrize("from_pool", [False, True])
+def test_dmmse_candidates_prune_later_positions_without_changing_them(from_pool, monkeypatch):
+    # Low noise and a pool of 2000 tasks in 2 dimensions: after a = 2 pairs the later positions
+    # weight only the tasks near the data. The reference weights all 2000 at every position.
+    n_tasks, noise_std = 2000, 0.03
+    xs, ys, pool = make_data(
+        19, batch=3, n_points=8, n_dims=2, n_tasks=n_tasks, noise_std=noise_std, from_pool=from_pool
+    )
+    weighed = []
+    energies = regression._energies
+
+    def recording(task_rows, energy_at_a, later_pairs):
+        weighed.append(len(energy_at_a))
+        return energies(task_rows, energy_at_a, later_pairs)
+
+    monkeypatch.setattr(regression, "_energies", recording)
+    out = DMMSE(pool, noise_std)(xs, ys)
+    assert_close_rel(out, ref_dmmse(*f64(xs, ys, pool), noise_std))
+    # Per sequence: the tasks that set the bound, then the candidates, far fewer than the pool.
+    assert len(weighed) == 2 * 3
+    assert 1 <= max(weighed[1::2]) < n_tasks / 10
 
 
 def test_auto_chunk_size_shrinks_with_rows():

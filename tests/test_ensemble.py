@@ -109,3 +109,22 @@ def test_ensemble_sweep_matches_the_plain_sweep(tmp_path):
             plain = results["false"][run_hash][name]["delta_mean"]
             for pair, value in result["delta_mean"].items():
                 assert value == pytest.approx(plain[pair], rel=1e-4, abs=1e-7)
+
+
+def test_gpt_stacked_forward_equals_each_members_own():
+    # The forward the ensemble uses: parameters and inputs with a leading member axis.
+    configs = _configs()
+    models = [build_model(config, torch.device("cpu")) for config in configs]
+    names = [name for name, _ in models[0].named_parameters()]
+    stacked = {n: torch.stack([dict(m.named_parameters())[n] for m in models]) for n in names}
+    gen = torch.Generator().manual_seed(0)
+    n_points, n_dims = configs[0].task.n_points, configs[0].task.n_dims
+    xs = torch.randn(len(models), 5, n_points, n_dims, generator=gen)
+    ys = torch.randn(len(models), 5, n_points, generator=gen)
+    with torch.no_grad():
+        out = torch.func.functional_call(models[0], stacked, (xs, ys))
+        assert out.shape == (len(models), 5, n_points)
+        for i, model in enumerate(models):
+            torch.testing.assert_close(out[i], model(xs[i], ys[i]), rtol=1e-5, atol=1e-6)
+            # Members differ, so the check above would see a mix-up of members.
+            assert (out[i] - models[i - 1](xs[i], ys[i])).abs().max() > 1e-3

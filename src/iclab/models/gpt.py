@@ -4,6 +4,10 @@ Tokens are (D+1)-dimensional: x -> [0, x], y -> [y, 0, ..., 0]; a bias-free line
 learned positional embeddings; pre-LayerNorm blocks with causal self-attention and a GELU MLP of 4x
 width; the prediction of y_k is read from the output at the position of x_k, so it sees only the
 pairs before k and x_k.
+
+The forward also runs a stacked ensemble (iclab.ensemble): under torch.func.functional_call with
+every parameter given a leading member axis N, and inputs (N, batch, ...), each linear layer is one
+batched matrix product with its bias fused (baddbmm) and attention sees the members as more batch.
 """
 
 import math
@@ -15,6 +19,28 @@ from torch import nn
 from iclab.config import GPTConfig
 
 
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, or with a member axis (weight (N, out, in), x (N, ..., in)) one baddbmm."""
+    if weight.ndim == 2:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(len(weight), -1, x.shape[-1])
+    if bias is None:
+        out = torch.bmm(flat, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias[:, None], flat, weight.transpose(1, 2))
+    return out.view(*x.shape[:-1], -1)
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """norm(x), also when its weight and bias have a member axis (N, width) and x is (N, ...)."""
+    weight, bias = norm.weight, norm.bias
+    if weight.ndim == 1:
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+    shape = (len(weight),) + (1,) * (x.ndim - 2) + (-1,)
+    normed = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+    return torch.addcmul(bias.view(shape), normed, weight.view(shape))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_heads: int, dropout: float):
         super().__init__()
@@ -24,12 +50,19 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        *lead, length, width = x.shape  # lead: (batch,) or (members, batch)
+        q, k, v = _linear(x, self.qkv.weight, self.qkv.bias).split(width, dim=-1)
+        q, k, v = (t.reshape(-1, length, self.n_heads, width // self.n_heads) for t in (q, k, v))
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            dropout_p=dropout,
+        )
+        out = out.transpose(1, 2).reshape(*lead, length, width)
+        return _linear(out, self.proj.weight, self.proj.bias)
 
 
 class Block(nn.Module):
@@ -46,12 +79,16 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.ln_attention(x))
-        return x + self.mlp(self.ln_mlp(x))
+        x = x + self.attention(_layer_norm(x, self.ln_attention))
+        up, down, dropout = self.mlp[0], self.mlp[2], self.mlp[3]
+        hidden = F.gelu(_linear(_layer_norm(x, self.ln_mlp), up.weight, up.bias))
+        return x + dropout(_linear(hidden, down.weight, down.bias))
 
 
 class GPT(nn.Module):
     """predict(xs, ys) -> (batch, n_points): xs (batch, n_points, n_dims), ys (batch, n_points)."""
+
+    supports_member_axis = True  # see the module docstring
 
     def __init__(self, config: GPTConfig, n_dims: int, n_points: int):
         super().__init__()
@@ -78,21 +115,26 @@ class GPT(nn.Module):
 
     @staticmethod
     def interleave(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """(batch, 2K, D+1) tokens x_1, y_1, ...: x -> [0, x], y -> [y, 0, ..., 0]."""
-        batch, n_points, n_dims = xs.shape
+        """(..., 2K, D+1) tokens x_1, y_1, ...: x -> [0, x], y -> [y, 0, ..., 0]."""
+        *lead, n_points, n_dims = xs.shape
         x_tokens = F.pad(xs, (1, 0))
         y_tokens = F.pad(ys.unsqueeze(-1), (0, n_dims))
-        return torch.stack((x_tokens, y_tokens), dim=2).reshape(batch, 2 * n_points, n_dims + 1)
+        tokens = torch.stack((x_tokens, y_tokens), dim=-2)
+        return tokens.reshape(*lead, 2 * n_points, n_dims + 1)
 
     def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         tokens = self.interleave(xs, ys)
-        length = tokens.shape[1]
+        length = tokens.shape[-2]
         if length > self.positions.num_embeddings:
-            raise ValueError(f"{xs.shape[1]} points exceed the model's n_points = {self.n_points}")
-        h = self.embed(tokens) + self.positions.weight[:length]
+            raise ValueError(f"{xs.shape[-2]} points exceed the model's n_points = {self.n_points}")
+        positions = self.positions.weight[..., :length, :]
+        if positions.ndim == 3:  # (members, length, width) against h (members, batch, ...)
+            positions = positions[:, None]
+        h = _linear(tokens, self.embed.weight, None) + positions
         for block in self.blocks:
             h = block(h)
-        return self.head(self.ln_final(h[:, ::2])).squeeze(-1)
+        out = _linear(_layer_norm(h[..., ::2, :], self.ln_final), self.head.weight, self.head.bias)
+        return out.squeeze(-1)
 
     predict = forward
 

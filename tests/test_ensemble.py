@@ -7,6 +7,7 @@ from helpers import tiny_overrides
 from iclab.checkpoints import load_checkpoint
 from iclab.config import load_config
 from iclab.ensemble import ensemble_key, train_ensemble
+from iclab.models.gpt import GPT
 from iclab.training import build_model, train
 
 MEMBERS = [(1, 0), (4, 1), ('"inf"', 2)]  # (n_tasks, seed): different pools, data and inits
@@ -38,18 +39,23 @@ def _max_relative_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return worst
 
 
-@pytest.mark.parametrize("grad_clip", [0.0, 0.5])
-def test_members_equal_runs_trained_alone(grad_clip):
+@pytest.mark.parametrize(("grad_clip", "stacked_forward"), [(0.0, True), (0.5, True), (0.5, False)])
+def test_members_equal_runs_trained_alone(grad_clip, stacked_forward, monkeypatch):
+    # stacked_forward False: the torch.func.vmap path that models without a member axis take.
+    monkeypatch.setattr(GPT, "supports_member_axis", stacked_forward)
     configs = _configs(grad_clip=grad_clip)
     members = train_ensemble(configs)
-    xs = torch.randn(32, 8, 4)
-    ys = torch.randn(32, 8)
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randn(32, 8, 4, generator=gen)
+    ys = torch.randn(32, 8, generator=gen)
     for config, member in zip(configs, members, strict=True):
         alone = train(config, progress=False).model
         assert _max_relative_difference(member.model, alone) < 1e-5
         with torch.no_grad():
             prediction = member.model(xs, ys)
-            assert torch.allclose(prediction, alone(xs, ys), rtol=1e-5, atol=1e-6)
+            # Batched and single matrix products round differently, and 60 Adam steps carry that
+            # to ~1e-6..1e-5 in the outputs (of order 1).
+            assert torch.allclose(prediction, alone(xs, ys), rtol=1e-4, atol=1e-5)
     # The members did learn different things (the check above could fail).
     assert _max_relative_difference(members[0].model, members[1].model) > 0.1
 

@@ -279,8 +279,8 @@ class DMMSE(_PoolPosterior):
     tiny. Blocks of 32 sequences stream the pool in chunks of chunk_size tasks (None: automatic,
     about CHUNK_ELEMENTS / (32 D) tasks); see _dmmse_block.
 
-    Exact up to float rounding, with one shortcut. Once a = D pairs pin w down, almost every task
-    has negligible weight, so positions 1..a-1 weight every task but positions a..K-1 weight only
+    Exact up to float rounding, with one shortcut. Once a = max(D, 2) pairs pin w down, almost
+    every task has negligible weight, so positions 1..a-1 weight every task but positions a..K-1 weight only
     the candidates with E_a(w_i) <= U + (mantissa bits + PRUNE_EXTRA_LOG2 + log2 M) ln 2, where
     U = E_{K-1}(w_j) for some task j. As E_k only grows with k and min_i E_k(w_i) <= U for k < K,
     each dropped task weighs less than 2^-(mantissa bits + PRUNE_EXTRA_LOG2) / M of the best one at
@@ -407,16 +407,17 @@ def _later_means(
     """
     groups = energy_at_a.view(CANDIDATE_GROUP, -1)
     n_groups = groups.shape[1]
-    # The best groups, via the lowest of every BEST_GROUPS-th group: a top-k over all groups
-    # would cost more than the rest of the search.
+    # The best groups come from the best sets of BEST_GROUPS groups (set s: s, s + n_supers, ...):
+    # a top-k over all groups took 1.5 ms per sequence at M = 2^20, a tenth of the search.
     n_supers = -(-n_groups // BEST_GROUPS)
     super_lowest = group_lowest.new_full((BEST_GROUPS * n_supers,), math.inf)
     super_lowest[:n_groups] = group_lowest
     supers = (
         super_lowest.view(BEST_GROUPS, -1).amin(0).topk(min(BEST_GROUPS, n_supers), largest=False)
     )
-    best = (supers.indices + n_supers * torch.arange(BEST_GROUPS)[:, None]).view(-1)
-    tasks = (best + n_groups * torch.arange(CANDIDATE_GROUP)[:, None]).view(-1)
+    device = energy_at_a.device
+    best = (supers.indices + n_supers * torch.arange(BEST_GROUPS, device=device)[:, None]).view(-1)
+    tasks = (best + n_groups * torch.arange(CANDIDATE_GROUP, device=device)[:, None]).view(-1)
     tasks = tasks[(best < n_groups).repeat(CANDIDATE_GROUP) & (tasks < len(task_rows))]
     bound = _energies(task_rows[tasks], energy_at_a[tasks], later_pairs)[-1].amin()
     limit = bound + margin

@@ -10,7 +10,6 @@ of the weights and optimizer state) and evaluations, so a member can be resumed,
 analysed alone. This is the layout that fills a GPU with many small models.
 """
 
-import ctypes
 import json
 import math
 import time
@@ -37,6 +36,7 @@ from iclab.training import (
     learning_rate,
     record_evaluation,
     resolve_device,
+    reuse_freed_memory,
 )
 
 
@@ -53,23 +53,6 @@ def ensemble_key(config: RunConfig) -> str | None:
     shapes = {k: data["task"][k] for k in ("family", "n_dims", "n_points")}
     train = {k: v for k, v in data["train"].items() if k != "seed"}
     return json.dumps({"task": shapes, "model": data["model"], "train": train}, sort_keys=True)
-
-
-def _reuse_freed_memory() -> None:
-    """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse.
-
-    By default it hands large blocks back to the system when they are freed, so every step of a
-    stacked ensemble, whose activations are N times a member's, page-faulted its memory in anew:
-    that cost ~10% of the step here. The setting holds for the rest of the process; elsewhere than
-    glibc this does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
-    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest allowed value
-    libc.mallopt(m_trim_threshold, 2**30)
 
 
 class _StackedParameters:
@@ -145,7 +128,7 @@ def train_ensemble(
     train_config = configs[0].train
     device = resolve_device(train_config.device)
     if device.type == "cpu":
-        _reuse_freed_memory()
+        reuse_freed_memory()
     tasks = [make_task(config.task, device) for config in configs]
     members = [build_model(config, device) for config in configs]
     optimizers = [build_optimizer(member, train_config) for member in members]

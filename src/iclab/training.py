@@ -6,6 +6,7 @@ resumed (`resume=True`) reaches the same final weights as an uninterrupted run o
 """
 
 import contextlib
+import ctypes
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +41,23 @@ class TrainResult:
     task: object
     final_loss: float
     steps_per_second: float
+
+
+def reuse_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed blocks of up to 32 MiB for reuse (CPU training).
+
+    By default it hands large blocks back to the system when they are freed, so every train step
+    page-faulted its activations in anew: on the small preset that was ~200k faults and ~11% of a
+    step here (220 against 195 ms), more for stacked ensembles, whose activations are N times a
+    member's. The setting holds for the rest of the process; without glibc this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest allowed value
+    libc.mallopt(m_trim_threshold, 2**30)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,6 +168,8 @@ def train(
     """
     train_config = config.train
     device = resolve_device(train_config.device)
+    if device.type == "cpu":
+        reuse_freed_memory()
     task = make_task(config.task, device)
     model = build_model(config, device)
     optimizer = build_optimizer(model, train_config)

@@ -147,7 +147,10 @@ def test_least_squares_matches_reference():
 
 @pytest.mark.parametrize("chunk_size", [None, 2, 3, M])
 @pytest.mark.parametrize("from_pool", [False, True])
-def test_dmmse_matches_reference(chunk_size, from_pool):
+@pytest.mark.parametrize("pruning", [False, True])
+def test_dmmse_matches_reference(chunk_size, from_pool, pruning, monkeypatch):
+    if pruning:  # the candidate search of large pools, on this small one
+        monkeypatch.setattr(regression, "PRUNE_MIN_TASKS", 1)
     xs, ys, pool = make_data(3, from_pool=from_pool)
     out = DMMSE(pool, 0.5, chunk_size=chunk_size)(xs, ys)
     assert_close_rel(out, ref_dmmse(*f64(xs, ys, pool), 0.5))
@@ -251,6 +254,7 @@ def test_dmmse_candidates_prune_later_positions_without_changing_them(from_pool,
     xs, ys, pool = make_data(
         19, batch=3, n_points=8, n_dims=2, n_tasks=n_tasks, noise_std=noise_std, from_pool=from_pool
     )
+    monkeypatch.setattr(regression, "PRUNE_MIN_TASKS", n_tasks)
     weighed = []
     energies = regression._energies
 

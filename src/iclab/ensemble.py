@@ -158,12 +158,11 @@ def train_ensemble(
             for d in run_dirs:
                 drop_metrics_after(d, start)
 
-    def member_loss(parameters, xs, ys):
-        model = lambda *arguments: functional_call(template, parameters, arguments)  # noqa: E731
-        return tasks[0].loss(model, (xs, ys))
-
     def member_loss_of(predictions, xs, ys):
         return tasks[0].loss(lambda *_: predictions, (xs, ys))
+
+    def member_loss(parameters, xs, ys):
+        return member_loss_of(functional_call(template, parameters, (xs, ys)), xs, ys)
 
     def stacked_loss(parameters, xs, ys):
         predictions = functional_call(template, parameters, (xs, ys))

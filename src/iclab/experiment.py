@@ -5,11 +5,10 @@ from pathlib import Path
 
 from iclab.checkpoints import load_checkpoint
 from iclab.config import RunConfig, load_config
-from iclab.evaluation import evaluate_model
 from iclab.plots import plot_mse_per_position
 from iclab.results import CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, write_json
 from iclab.tasks import make_task
-from iclab.training import build_model, resolve_device, train
+from iclab.training import build_model, evaluate_as_configured, resolve_device, train
 
 MSE_FIGURE = "mse_per_position.png"
 
@@ -39,13 +38,7 @@ def run(
 def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float) -> dict:
     """Evaluate a trained model on config.eval, draw its per-position figure and write eval.json
     last: a run directory with eval.json is complete."""
-    evaluation = evaluate_model(
-        model,
-        task,
-        config.eval.n_sequences,
-        seed=config.eval.eval_seed,
-        batch_size=config.eval.eval_batch_size,
-    )
+    evaluation = evaluate_as_configured(model, task, config, config.eval.n_sequences)
     evaluation["steps_per_second"] = steps_per_second
     plot_mse_per_position(evaluation, Path(run_dir) / MSE_FIGURE)
     write_json(Path(run_dir) / EVAL_FILE, evaluation)
@@ -59,13 +52,8 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> dict:
     device = resolve_device(config.train.device)
     model = build_model(config, device)
     load_checkpoint(run_dir / CHECKPOINT_FILE, model)
-    evaluation = evaluate_model(
-        model,
-        make_task(config.task, device),
-        n_sequences or config.eval.n_sequences,
-        seed=config.eval.eval_seed,
-        batch_size=config.eval.eval_batch_size,
-    )
+    task = make_task(config.task, device)
+    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
     plot_mse_per_position(evaluation, run_dir / MSE_FIGURE)
     write_json(run_dir / EVAL_FILE, evaluation)
     return evaluation

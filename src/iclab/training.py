@@ -129,17 +129,22 @@ def drop_metrics_after(run_dir: Path, step: int) -> None:
     write_metrics(run_dir, [r for r in read_metrics(run_dir) if r["step"] <= step])
 
 
+def evaluate_as_configured(model, task, config: RunConfig, n_sequences: int) -> dict:
+    """evaluate_model on n_sequences with the run's evaluation seed and batch size."""
+    return evaluate_model(
+        model,
+        task,
+        n_sequences,
+        seed=config.eval.eval_seed,
+        batch_size=config.eval.eval_batch_size,
+    )
+
+
 def record_evaluation(
     run_dir: Path, model, task, config: RunConfig, done: int, loss: float
 ) -> None:
     """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl."""
-    evaluation = evaluate_model(
-        model,
-        task,
-        config.train.eval_sequences,
-        seed=config.eval.eval_seed,
-        batch_size=config.eval.eval_batch_size,
-    )
+    evaluation = evaluate_as_configured(model, task, config, config.train.eval_sequences)
     lr = learning_rate(config.train, done - 1)
     append_metrics(run_dir, {"step": done, "train_loss": loss, "lr": lr, "eval": evaluation})
 

@@ -121,14 +121,14 @@ def stream_pool_mean(
 
     @torch.no_grad()  # grad mode is per thread: workers start with it on
     def stream(rows: Tensor) -> Tensor:
-        chunk_size_ = chunk_size or auto_chunk_size(len(rows), len(pool))
+        size = chunk_size or auto_chunk_size(len(rows), len(pool))
         mean = _RunningMean(task_columns, len(rows))
-        buffer = pool.new_empty(min(chunk_size_, len(pool)) * len(rows))
-        for start in range(0, len(pool), chunk_size_):
-            chunk = pool[start : start + chunk_size_]
+        buffer = pool.new_empty(min(size, len(pool)) * len(rows))
+        for start in range(0, len(pool), size):
+            chunk = pool[start : start + size]
             tile = buffer[: len(rows) * len(chunk)].view(len(rows), len(chunk))
             energies = torch.mm(rows, chunk_features(chunk).T, out=tile)
-            mean.add(energies, task_columns[:, start : start + chunk_size_])
+            mean.add(energies, task_columns[:, start : start + size])
         return mean.value()
 
     return torch.cat(_map_in_workers(stream, row_features.split(block_rows), pool.device))

@@ -21,7 +21,8 @@ import math
 import torch
 
 from benchmarks import best_seconds, load_1min, measure, torch_threads
-from iclab.estimators.regression import DMMSE, Ridge
+from iclab.estimators.pool_posterior import DMMSE
+from iclab.estimators.regression import Ridge
 
 N_DIMS, N_POINTS, NOISE_STD = 8, 16, 0.5
 TARGET_SECONDS, TARGET_PEAK_MIB, TARGET_SPEEDUP = 60.0, 2048.0, 5.0

@@ -9,7 +9,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 from benchmarks import __main__ as cli  # noqa: E402
 from benchmarks import estimators  # noqa: E402
-from iclab.estimators.regression import DMMSE, Ridge  # noqa: E402
+from iclab.estimators.pool_posterior import DMMSE  # noqa: E402
+from iclab.estimators.regression import Ridge  # noqa: E402
 
 CASES = {"dmmse paper scale", "dmmse vs per-prefix", "ridge all prefixes"}
 

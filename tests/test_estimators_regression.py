@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from iclab.estimators import regression
-from iclab.estimators.regression import (
+from iclab.estimators import pool_posterior
+from iclab.estimators.pool_posterior import (
     CHUNK_ELEMENTS,
     DMMSE,
-    LeastSquares,
-    Ridge,
     SmoothedDMMSE,
     auto_chunk_size,
 )
+from iclab.estimators.regression import LeastSquares, Ridge
 
 B, K, D, M = 5, 6, 3, 7
 
@@ -150,7 +149,7 @@ def test_least_squares_matches_reference():
 @pytest.mark.parametrize("pruning", [False, True])
 def test_dmmse_matches_reference(chunk_size, from_pool, pruning, monkeypatch):
     if pruning:  # the candidate search of large pools, on this small one
-        monkeypatch.setattr(regression, "PRUNE_MIN_TASKS", 1)
+        monkeypatch.setattr(pool_posterior, "PRUNE_MIN_TASKS", 1)
     xs, ys, pool = make_data(3, from_pool=from_pool)
     out = DMMSE(pool, 0.5, chunk_size=chunk_size)(xs, ys)
     assert_close_rel(out, ref_dmmse(*f64(xs, ys, pool), 0.5))
@@ -230,13 +229,13 @@ def test_worker_threads_give_the_single_thread_result(index, monkeypatch):
     estimator = all_estimators(pool)[index]
     single = estimator(xs, ys)
     threads = set()
-    add = regression._RunningMean.add
+    add = pool_posterior._RunningMean.add
 
     def recording(self, *args):
         threads.add(threading.get_ident())
         return add(self, *args)
 
-    monkeypatch.setattr(regression._RunningMean, "add", recording)
+    monkeypatch.setattr(pool_posterior._RunningMean, "add", recording)
     torch.set_num_threads(2)
     try:
         torch.testing.assert_close(estimator(xs, ys), single, rtol=0, atol=0)
@@ -254,15 +253,15 @@ def test_dmmse_candidates_prune_later_positions_without_changing_them(from_pool,
     xs, ys, pool = make_data(
         19, batch=3, n_points=8, n_dims=2, n_tasks=n_tasks, noise_std=noise_std, from_pool=from_pool
     )
-    monkeypatch.setattr(regression, "PRUNE_MIN_TASKS", n_tasks)
+    monkeypatch.setattr(pool_posterior, "PRUNE_MIN_TASKS", n_tasks)
     weighed = []
-    energies = regression._energies
+    energies = pool_posterior._energies
 
     def recording(task_rows, energy_at_a, later_pairs):
         weighed.append(len(energy_at_a))
         return energies(task_rows, energy_at_a, later_pairs)
 
-    monkeypatch.setattr(regression, "_energies", recording)
+    monkeypatch.setattr(pool_posterior, "_energies", recording)
     out = DMMSE(pool, noise_std)(xs, ys)
     assert_close_rel(out, ref_dmmse(*f64(xs, ys, pool), noise_std))
     # Per sequence: the tasks that set the bound, then the candidates, far fewer than the pool.
@@ -371,7 +370,7 @@ def test_least_squares_is_ridge_without_noise_once_determined():
 
 _MEMORY_SCRIPT = """
 import json, resource, time, torch
-from iclab.estimators.regression import DMMSE
+from iclab.estimators.pool_posterior import DMMSE
 gen = torch.Generator().manual_seed(0)
 pool = torch.randn(2**20, 8, generator=gen)
 xs = torch.randn(4096, 16, 8, generator=gen)

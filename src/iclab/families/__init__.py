@@ -1,0 +1,121 @@
+"""Task families, registered by their config name (`task.family`).
+
+A family owns everything that is specific to one kind of in-context task: its task config
+dataclass, its sampler, its baselines and which of them is the Bayes estimator of which
+distribution, its named evaluation distributions, its metric pairs and their normalisation, the
+columns it contributes to results and status tables, the model families that read its sequences,
+and whether its runs stack into ensembles. Generic modules (config, evaluation, training, sweeps,
+results, cli) ask this registry and never name a family, an estimator or a metric pair.
+
+Every module of this package that defines a Family subclass instance with `register(...)` is a
+family: adding one is a new module here (plus its sampler in tasks/ and any estimators it needs).
+"""
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+
+import torch
+
+from iclab.validation import ConfigError, require
+
+MODEL_NAME = "PT"  # the trained model's name in every evaluation table
+
+
+class Family:
+    """What one task family declares; subclasses set the attributes and override the methods."""
+
+    name: str  # the value of task.family
+    config_class: type  # its frozen task config dataclass
+    default: bool = False  # the family of a config that names none
+    model_families: tuple[str, ...] = ()  # model.family values that read its sequences
+    distributions: tuple[str, ...] = ()  # named evaluation distributions
+    bayes: dict[str, str] = {}  # distribution -> the baseline that is Bayes-optimal there
+    status_metrics: tuple[tuple[str, str], ...] = ()  # (distribution, pair) shown by `status`
+    # Task fields in which runs of one stacked ensemble may differ (with the seed); None: its runs
+    # always train alone.
+    member_fields: tuple[str, ...] | None = None
+
+    def make_task(self, config, device: torch.device | str):
+        """The sampler object (see iclab.tasks) of a task config."""
+        raise NotImplementedError
+
+    def baselines(self, task) -> dict[str, Callable]:
+        """Named estimators with the models' call shape, for evaluation against the model."""
+        raise NotImplementedError
+
+    def metric_pairs(self, baselines: dict) -> tuple[tuple[str, str], ...]:
+        """The (A, B) pairs whose Delta_{A,B} an evaluation reports."""
+        raise NotImplementedError
+
+    def metric_scale(self, config) -> float:
+        """What squared errors are divided by (the papers report MSE / D)."""
+        return config.n_dims
+
+    def model_predictor(self, model: torch.nn.Module) -> Callable:
+        """The trained model as a predictor taking an evaluation chunk's arguments."""
+        return model
+
+    def evaluation_extras(self, task) -> dict:
+        """Entries an evaluation adds beside the metrics (e.g. a baseline's fitted parameter)."""
+        return {}
+
+    def settings(self, config) -> dict:
+        """The task's key settings, as columns of results and status tables."""
+        return {"n_dims": config.n_dims}
+
+    def check_model(self, model_config, task_config) -> None:
+        """Raise ConfigError when the model cannot read this family's sequences."""
+        if model_config.family not in self.model_families:
+            needed = family_of_model(model_config.family).name
+            require(
+                False,
+                "task.family",
+                self.name,
+                f"model.family = {model_config.family!r} needs task.family = {needed!r}",
+            )
+
+
+_REGISTRY: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.name in _REGISTRY:
+        raise ValueError(f"task family {family.name!r} is registered twice")
+    _REGISTRY[family.name] = family
+    return family
+
+
+def family_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def default_family() -> Family:
+    return next(f for f in _REGISTRY.values() if f.default)
+
+
+def family_named(name: str) -> Family:
+    """The family registered as `name`, or a ConfigError listing the known ones."""
+    require(name in _REGISTRY, "task.family", name, f"one of {family_names()}")
+    return _REGISTRY[name]
+
+
+def family_of(task_config) -> Family:
+    return family_named(task_config.family)
+
+
+def family_of_model(model_family: str) -> Family:
+    """The family whose sequences a model family reads (for messages)."""
+    for family in _REGISTRY.values():
+        if model_family in family.model_families:
+            return family
+    raise ConfigError(f"model.family = {model_family!r} reads no registered task family")
+
+
+def make_task(task_config, device: torch.device | str = "cpu"):
+    """The sampler of a task config, from its family."""
+    return family_of(task_config).make_task(task_config, device)
+
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,0 +1,85 @@
+"""Noisy linear regression in context (Raventos et al. 2023): the task-diversity family.
+
+Pretraining draws w uniformly from a pool of M tasks (task.n_tasks; None is M = infinity), the
+true distribution a fresh w from the prior per sequence. Baselines: Ridge (Bayes for the prior)
+and dMMSE (Bayes for the pool; it is Ridge when M is infinite).
+"""
+
+from dataclasses import dataclass
+
+from iclab.families import Family, register
+from iclab.validation import require
+
+RIDGE = "Ridge"
+DMMSE = "dMMSE"
+PT_RIDGE = "PT,Ridge"
+PT_DMMSE = "PT,dMMSE"
+DMMSE_RIDGE = "dMMSE,Ridge"
+PAIRS = (("PT", RIDGE), ("PT", DMMSE), (DMMSE, RIDGE))
+
+
+@dataclass(frozen=True)
+class RegressionTaskConfig:
+    """Noisy linear regression y = w.x + eps (Raventos et al. 2023).
+
+    n_tasks is the task diversity M: a pool of M tasks drawn once from the prior (nested in M for a
+    fixed pool_seed), or None for M = infinity (a fresh task per sequence).
+    """
+
+    family: str = "regression"
+    n_dims: int = 8
+    n_points: int = 16
+    n_tasks: int | None = None
+    noise_std: float = 0.5
+    prior_std: float = 1.0
+    pool_seed: int = 0
+
+    def __post_init__(self):
+        require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
+        require(self.n_points >= 1, "task.n_points", self.n_points, "an integer >= 1")
+        require(
+            self.n_tasks is None or self.n_tasks >= 1,
+            "task.n_tasks",
+            self.n_tasks,
+            'an integer >= 1, or "inf" for a fresh task per sequence',
+        )
+        require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
+        require(self.prior_std > 0, "task.prior_std", self.prior_std, "a number > 0")
+        require(self.pool_seed >= 0, "task.pool_seed", self.pool_seed, "an integer >= 0")
+
+
+class Regression(Family):
+    name = "regression"
+    config_class = RegressionTaskConfig
+    default = True
+    model_families = ("gpt",)
+    distributions = ("pretrain", "true")
+    bayes = {"pretrain": DMMSE, "true": RIDGE}
+    status_metrics = (("true", PT_RIDGE), ("true", PT_DMMSE), ("pretrain", PT_DMMSE))
+    member_fields = ("n_tasks", "noise_std", "prior_std", "pool_seed")
+
+    def make_task(self, config, device):
+        from iclab.tasks.regression import RegressionTask
+
+        return RegressionTask(config, device)
+
+    def baselines(self, task) -> dict:
+        from iclab.estimators.pool_posterior import DMMSE as PoolPosteriorMean
+        from iclab.estimators.regression import Ridge
+
+        config = task.config
+        ridge = Ridge(noise_std=config.noise_std, prior_std=config.prior_std)
+        pool_mean = ridge if task.pool is None else PoolPosteriorMean(task.pool, config.noise_std)
+        return {RIDGE: ridge, DMMSE: pool_mean}
+
+    def metric_pairs(self, baselines: dict) -> tuple[tuple[str, str], ...]:
+        return PAIRS
+
+    def settings(self, config) -> dict:
+        return {
+            "n_tasks": "inf" if config.n_tasks is None else config.n_tasks,
+            **super().settings(config),
+        }
+
+
+register(Regression())

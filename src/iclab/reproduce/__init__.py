@@ -1,1 +1,0 @@
-"""Reproductions of the papers' claims: each module trains, analyses and writes a Markdown report."""

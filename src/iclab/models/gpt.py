@@ -8,6 +8,10 @@ pairs before k and x_k.
 The forward also runs a stacked ensemble (iclab.ensemble): under torch.func.functional_call with
 every parameter given a leading member axis N, and inputs (N, batch, ...), each linear layer is one
 batched matrix product with its bias fused (baddbmm) and attention sees the members as more batch.
+
+forward(xs, ys, return_hidden=True) also returns the residual stream and attention weights
+(iclab.models.hidden.Hidden). The fused attention kernel returns no weights, so that path computes
+attention explicitly; it is a separate loop, and the normal path pays one flag check per forward.
 """
 
 import math
@@ -16,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iclab.config import GPTConfig
+from iclab.models.configs import GPTConfig
+from iclab.models.hidden import Hidden
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -64,6 +69,20 @@ class CausalSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(*lead, length, width)
         return _linear(out, self.proj.weight, self.proj.bias)
 
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward for x (batch, length, width), computing attention explicitly to also return
+        its weights (batch, n_heads, length, length), before dropout (if training with dropout,
+        dropout is applied to them as in the fused kernel)."""
+        batch, length, width = x.shape
+        q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).split(width, dim=-1)
+        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        dropped = F.dropout(weights, self.dropout, self.training)
+        out = (dropped @ v).transpose(1, 2).reshape(batch, length, width)
+        return F.linear(out, self.proj.weight, self.proj.bias), weights
+
 
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_heads: int, dropout: float):
@@ -84,9 +103,24 @@ class Block(nn.Module):
         hidden = F.gelu(_linear(_layer_norm(x, self.ln_mlp), up.weight, up.bias))
         return x + dropout(_linear(hidden, down.weight, down.bias))
 
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward without a member axis, also returning the attention weights.
+
+        The MLP lines repeat forward's rather than sharing a helper so forward stays as it was.
+        """
+        attended, weights = self.attention.forward_with_weights(_layer_norm(x, self.ln_attention))
+        x = x + attended
+        up, down, dropout = self.mlp[0], self.mlp[2], self.mlp[3]
+        hidden = F.gelu(F.linear(_layer_norm(x, self.ln_mlp), up.weight, up.bias))
+        return x + dropout(F.linear(hidden, down.weight, down.bias)), weights
+
 
 class GPT(nn.Module):
-    """predict(xs, ys) -> (batch, n_points): xs (batch, n_points, n_dims), ys (batch, n_points)."""
+    """predict(xs, ys) -> (batch, n_points): xs (batch, n_points, n_dims), ys (batch, n_points).
+
+    With return_hidden=True, (predictions, Hidden): residual (n_layers + 1, batch, 2K, n_embd),
+    attention (n_layers, batch, n_heads, 2K, 2K) over the interleaved tokens x_1, y_1, ...
+    """
 
     supports_member_axis = True  # see the module docstring
 
@@ -122,7 +156,9 @@ class GPT(nn.Module):
         tokens = torch.stack((x_tokens, y_tokens), dim=-2)
         return tokens.reshape(*lead, 2 * n_points, n_dims + 1)
 
-    def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, xs: torch.Tensor, ys: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Hidden]:
         tokens = self.interleave(xs, ys)
         length = tokens.shape[-2]
         if length > self.positions.num_embeddings:
@@ -131,10 +167,27 @@ class GPT(nn.Module):
         if positions.ndim == 3:  # (members, length, width) against h (members, batch, ...)
             positions = positions[:, None]
         h = _linear(tokens, self.embed.weight, None) + positions
+        if return_hidden:
+            return self._forward_hidden(h)
         for block in self.blocks:
             h = block(h)
+        return self._readout(h)
+
+    def _readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Predictions (..., n_points) from the final residual stream at the x positions."""
         out = _linear(_layer_norm(h[..., ::2, :], self.ln_final), self.head.weight, self.head.bias)
         return out.squeeze(-1)
+
+    def _forward_hidden(self, h: torch.Tensor) -> tuple[torch.Tensor, Hidden]:
+        """Predictions and Hidden from the embedded tokens h (batch, 2K, n_embd)."""
+        if self.embed.weight.ndim != 2:
+            raise ValueError("return_hidden=True is not supported with a member axis (ensembles)")
+        residual, attention = [h], []
+        for block in self.blocks:
+            h, weights = block.forward_with_weights(h)
+            residual.append(h)
+            attention.append(weights)
+        return self._readout(h), Hidden(torch.stack(residual), torch.stack(attention))
 
     predict = forward
 

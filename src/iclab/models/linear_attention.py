@@ -20,14 +20,23 @@ Complex states (unitary W) are handled natively: every weight except P is comple
 scores are Hermitian, k^* q. The paper's theory is stated over C^d, and a one-head complex model
 expresses one step of gradient descent, W_hat = eta sum s_{t'+1} s_{t'}^*, exactly; on real pairs
 (Re, Im) a one-head real model could not (Re and Im of s_{t'}^* s_t need two scores).
+
+forward(states, return_hidden=True) also returns (iclab.models.hidden.Hidden) the residual stream
+and the attention weights each layer used: the masked raw scores k_{t'}^* q_t for `linear` (complex
+for complex states), the softmax weights for `softmax` (real). `pe_only` has no layers or stream:
+its residual is the states (1, batch, L, d) and its attention the one matrix it applies,
+(1, batch, 1, L, L) = P[t, t'] <s_{t-1}, s_t'> for t' <= t and 0 above the diagonal.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iclab.config import AutoregressiveTaskConfig, ConfigError, LinearAttentionConfig
+from iclab.families.autoregressive import AutoregressiveTaskConfig
+from iclab.models.configs import LinearAttentionConfig
+from iclab.models.hidden import Hidden
 from iclab.tasks.autoregressive import is_complex
+from iclab.validation import ConfigError
 
 
 class CausalAttention(nn.Module):
@@ -38,6 +47,10 @@ class CausalAttention(nn.Module):
         self.proj = nn.Linear(n_embd, n_embd, bias=False, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_weights(x)[0]
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(update (batch, length, width), weights (batch, n_heads, length, length)) for x."""
         batch, length, width = x.shape
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
@@ -45,15 +58,19 @@ class CausalAttention(nn.Module):
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         if self.softmax:
             logits = scores.real / q.shape[-1] ** 0.5
-            weights = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1).to(v.dtype)
+            weights = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1)
         else:
             weights = scores.masked_fill(~causal, 0)
-        out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
-        return self.proj(out)
+        out = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(batch, length, width)
+        return self.proj(out), weights
 
 
 class LinearAttention(nn.Module):
-    """predict(states (batch, L, d)) -> (batch, L, d): output t predicts s_{t+1} from s_0..s_t."""
+    """predict(states (batch, L, d)) -> (batch, L, d): output t predicts s_{t+1} from s_0..s_t.
+
+    With return_hidden=True, (predictions, Hidden): residual (n_layers + 1, batch, L, n_embd),
+    attention (n_layers, batch, n_heads, L, L); for `pe_only` see the module docstring.
+    """
 
     def __init__(self, config: LinearAttentionConfig, task_config: AutoregressiveTaskConfig):
         super().__init__()
@@ -81,21 +98,38 @@ class LinearAttention(nn.Module):
         for parameter in self.parameters():
             nn.init.normal_(parameter, std=config.init_std)
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, states: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, Hidden]:
         length, d = states.shape[1], self.n_dims
         if length > self.n_steps:
             raise ValueError(f"{length} input states exceed the model's n_steps = {self.n_steps}")
         previous = F.pad(states, (0, 0, 1, 0))[:, :-1]  # s_{t-1}, with s_{-1} = 0
         if self.config.attention == "pe_only":
             scores = previous.conj() @ states.transpose(1, 2)  # [t, t'] = <s_{t-1}, s_t'>
-            return (scores * self.positions[:length, :length].tril()) @ states
+            weights = scores * self.positions[:length, :length].tril()
+            if return_hidden:
+                return weights @ states, Hidden(states[None], weights[None, :, None])
+            return weights @ states
         token = torch.cat((states, previous), -1) if self.config.tokens == "augmented" else states
         h = F.pad(token, (d, self.n_embd - d - token.shape[-1]))  # (0_d, e_t, 0...)
         if self.positions is not None:
             h = h + self.positions[:length]
+        if return_hidden:
+            return self._forward_hidden(h)
         for layer in self.layers:
             h = h + layer(h)
         return h[..., :d]
+
+    def _forward_hidden(self, h: torch.Tensor) -> tuple[torch.Tensor, Hidden]:
+        """Predictions and Hidden from the initial residual stream h (batch, L, n_embd)."""
+        residual, attention = [h], []
+        for layer in self.layers:
+            update, weights = layer.forward_with_weights(h)
+            h = h + update
+            residual.append(h)
+            attention.append(weights)
+        return h[..., : self.n_dims], Hidden(torch.stack(residual), torch.stack(attention))
 
     predict = forward
 

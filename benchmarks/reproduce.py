@@ -32,7 +32,7 @@ def run(quick: bool) -> list[dict]:
         out = Path(scratch) / "out"
         started = time.perf_counter()
         if quick:
-            from iclab.reproduce.task_diversity import reproduce_task_diversity
+            from iclab.studies.task_diversity.reproduction import reproduce_task_diversity
             from iclab.sweeps.executors import LocalExecutor
 
             spec = Path(scratch) / "miniature.toml"

@@ -1,5 +1,5 @@
-"""Mechanistic analysis (iclab.analysis), the diagonal model through the training path, the
-`iclab analyze` command and the autoregressive reproduction on a miniature setting."""
+"""Mechanistic analysis (iclab.studies.autoregressive), the diagonal model through the training
+path, the `iclab analyze` command and the autoregressive reproduction on a miniature setting."""
 
 import json
 import re
@@ -7,27 +7,18 @@ import re
 import pytest
 import torch
 
-from iclab.analysis import (
-    analyze_model,
-    conjugated_gd,
-    gd_fit,
-    symmetry_matrix,
-    task_start,
-    weight_structure,
-)
 from iclab.cli import build_parser, main
-from iclab.config import (
-    AutoregressiveTaskConfig,
-    ConfigError,
-    DiagonalAttentionConfig,
-    LinearAttentionConfig,
-    RegressionTaskConfig,
-    config_from_dict,
-)
-from iclab.estimators.autoregressive import OneStepGD, optimal_eta
+from iclab.config import ConfigError, config_from_dict
+from iclab.estimators.autoregressive import OneStepGD, one_step_gd, optimal_eta
+from iclab.families.autoregressive import AutoregressiveTaskConfig
+from iclab.families.regression import RegressionTaskConfig
 from iclab.models import make_model
+from iclab.models.configs import DiagonalAttentionConfig, LinearAttentionConfig
 from iclab.models.linear_attention import LinearAttention
-from iclab.reproduce.autoregressive import MINI, reproduce_autoregressive
+from iclab.studies.autoregressive.analysis import analyze_model
+from iclab.studies.autoregressive.gd_fit import gd_fit, symmetry_matrix
+from iclab.studies.autoregressive.reproduction import MINI, reproduce_autoregressive
+from iclab.studies.autoregressive.weights import task_start, weight_structure
 from iclab.tasks.autoregressive import AutoregressiveTask
 from iclab.theory.diagonal_attention import closed_form_loss
 from iclab.training import train
@@ -114,7 +105,7 @@ def test_conjugated_gd_model_differs_plainly_but_not_up_to_the_symmetry(family, 
     states, _ = task.eval_sample("true", 1, 0, 8192)
     inputs, target = states[:, :-1], states[:, 1:]
     loss = lambda p: float((p - target).abs().square().mean())  # noqa: E731
-    plain, conjugated = conjugated_gd(inputs, 0.37), conjugated_gd(inputs, 0.37, D, reverse)
+    plain, conjugated = one_step_gd(inputs, 0.37), one_step_gd(inputs, 0.37, D, reverse)
     assert loss(conjugated) == pytest.approx(loss(plain), rel=0.01)
     assert (conjugated - plain).norm() / plain.norm() > 0.3
 
@@ -206,7 +197,7 @@ def test_analyze_command_end_to_end(tmp_path, capsys):
 def test_reproduce_pipeline_on_a_miniature_setting(tmp_path):
     args = build_parser().parse_args(["reproduce", "autoregressive", "--out", str(tmp_path)])
     assert args.study == "autoregressive" and args.out == tmp_path
-    report = reproduce_autoregressive(tmp_path, MINI, progress=False)
+    report = reproduce_autoregressive(tmp_path, progress=False, settings=MINI)
     text = report.path.read_text()
     for heading in ("## (a)", "## (b)", "## (c)", "## (d)", "## Checks"):
         assert heading in text

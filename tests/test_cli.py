@@ -88,16 +88,16 @@ def test_console_script_lists_presets():
 
 
 def test_demo_exit_status_says_whether_the_regimes_hold(monkeypatch, tmp_path):
-    import iclab.demo
-    from iclab.demo import DemoReport
+    import iclab.studies.task_diversity.demo as demo_module
+    from iclab.studies.task_diversity.demo import DemoReport
 
     def fake_demo(holds):
         checks = {"Bayesian regime (small M)": (holds, "numbers")}
         return lambda out, progress, pdf: DemoReport([], checks, out / "f.png", 0.0)
 
-    monkeypatch.setattr(iclab.demo, "run_demo", fake_demo(True))
+    monkeypatch.setattr(demo_module, "run_demo", fake_demo(True))
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
-    monkeypatch.setattr(iclab.demo, "run_demo", fake_demo(False))
+    monkeypatch.setattr(demo_module, "run_demo", fake_demo(False))
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 1
 
 

@@ -9,9 +9,10 @@ from helpers import tiny_overrides
 
 from iclab.config import load_config
 from iclab.ensemble import train_ensemble
-from iclab.estimators.regression import DMMSE, Ridge
+from iclab.estimators.pool_posterior import DMMSE
+from iclab.estimators.regression import Ridge
 from iclab.evaluation import evaluate_model
-from iclab.tasks import make_task
+from iclab.families import make_task
 from iclab.training import build_model, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

@@ -1,7 +1,7 @@
 import pytest
 
 from iclab.config import load_config
-from iclab.demo import check_regimes, run_demo
+from iclab.studies.task_diversity.demo import check_regimes, run_demo
 from iclab.sweeps.store import SweepStore
 
 

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from iclab.config import AutoregressiveTaskConfig
 from iclab.estimators.autoregressive import (
     CosineRecurrence,
     LastPair,
@@ -13,6 +12,7 @@ from iclab.estimators.autoregressive import (
     optimal_eta,
     unitary_optimal_eta,
 )
+from iclab.families.autoregressive import AutoregressiveTaskConfig
 from iclab.seeding import make_generator
 from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
 

@@ -4,15 +4,12 @@ import time
 import pytest
 import torch
 
-from iclab.config import (
-    AutoregressiveTaskConfig,
-    ConfigError,
-    LinearAttentionConfig,
-    RegressionTaskConfig,
-    config_from_dict,
-)
+from iclab.config import ConfigError, config_from_dict
 from iclab.estimators.autoregressive import OneStepGD, optimal_eta
+from iclab.families.autoregressive import AutoregressiveTaskConfig
+from iclab.families.regression import RegressionTaskConfig
 from iclab.models import make_model
+from iclab.models.configs import LinearAttentionConfig
 from iclab.models.linear_attention import LinearAttention
 from iclab.results import read_metrics
 from iclab.seeding import make_generator

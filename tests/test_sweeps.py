@@ -220,7 +220,7 @@ def test_results_table_and_figures(tmp_path):
     csv_path = write_results(out)[0]
     assert len(csv_path.read_text().splitlines()) == 1 + 12
 
-    from iclab.sweeps.figures import plot_sweep
+    from iclab.studies.task_diversity.figures import plot_sweep
 
     paths = plot_sweep(out, [1, None])
     assert [p.name for p in paths] == [

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from iclab.config import AutoregressiveTaskConfig, ConfigError, config_from_dict
+from iclab.config import ConfigError, config_from_dict
+from iclab.families import make_task
+from iclab.families.autoregressive import AutoregressiveTaskConfig
 from iclab.seeding import make_generator
-from iclab.tasks import make_task
 from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
 
 

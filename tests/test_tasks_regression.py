@@ -1,6 +1,6 @@
 import torch
 
-from iclab.config import RegressionTaskConfig
+from iclab.families.regression import RegressionTaskConfig
 from iclab.tasks.regression import RegressionTask, draw_pool
 
 

@@ -4,9 +4,14 @@ import pytest
 from helpers import tiny_overrides
 
 from iclab.config import ConfigError
+from iclab.studies.task_diversity.threshold import (
+    bisect,
+    find_threshold,
+    read_threshold,
+    write_threshold,
+)
 from iclab.sweeps.runner import run_sweep
 from iclab.sweeps.spec import load_spec
-from iclab.sweeps.threshold import bisect, find_threshold, read_threshold, write_threshold
 
 
 @pytest.mark.parametrize("true_threshold", [0, 1, 5, 11, 19, 20])

@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from iclab.config import apply_overrides, config_from_dict
-from iclab.tasks import make_task
+from iclab.families import make_task
 from iclab.training import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed

@@ -44,14 +44,14 @@ def _presets(args) -> int:
 
 
 def _demo(args) -> int:
-    from iclab.demo import run_demo
+    from iclab.studies.task_diversity.demo import run_demo
 
     report = run_demo(Path(args.out), progress=not args.no_progress, pdf=args.pdf)
     return 0 if report.all_hold else 1
 
 
 def _analyze(args) -> int:
-    from iclab.analysis import analyze_run
+    from iclab.studies.autoregressive.analysis import analyze_run
 
     result = analyze_run(args.run_dir, args.n_sequences)
     fit = result["gd_fit"]
@@ -65,7 +65,7 @@ def _analyze(args) -> int:
 
 def _reproduce(args) -> int:
     if args.study == "task-diversity":
-        from iclab.reproduce.task_diversity import reproduce_task_diversity
+        from iclab.studies.task_diversity.reproduction import reproduce_task_diversity
 
         out = args.out or Path(f"task_diversity_{args.preset}_out")
         report = reproduce_task_diversity(
@@ -74,7 +74,7 @@ def _reproduce(args) -> int:
         print(report.summary)
         print(f"report: {report.path} ({report.seconds:.0f} s)")
         return 0
-    from iclab.reproduce.autoregressive import format_checks, reproduce_autoregressive
+    from iclab.studies.autoregressive.reproduction import format_checks, reproduce_autoregressive
 
     report = reproduce_autoregressive(args.out or Path("autoregressive_out"), not args.no_progress)
     print(format_checks(report))
@@ -128,7 +128,7 @@ def _results(args) -> int:
 
 
 def _plot(args) -> int:
-    from iclab.sweeps.figures import plot_sweep
+    from iclab.studies.task_diversity.figures import plot_sweep
 
     shown = [None if m == "inf" else int(m) for m in args.m] if args.m else None
     for path in plot_sweep(args.out, shown, pdf=args.pdf):
@@ -137,8 +137,8 @@ def _plot(args) -> int:
 
 
 def _threshold(args) -> int:
+    from iclab.studies.task_diversity.threshold import find_threshold, write_threshold
     from iclab.sweeps.spec import load_spec
-    from iclab.sweeps.threshold import find_threshold, write_threshold
 
     spec = load_spec(args.spec)
     if args.criterion:

@@ -21,210 +21,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, of the wrong type or out of range."""
-
-
-def _require(condition: bool, name: str, value, allowed: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
-
+from iclab.families import default_family, family_named, family_of
+from iclab.models.configs import MODEL_CONFIGS
+from iclab.validation import ConfigError, identity_fields, require
 
 INFINITE_TASKS = "inf"
-
-
-# ---------------------------------------------------------------------------------------------
-# Task families
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RegressionTaskConfig:
-    """Noisy linear regression y = w.x + eps (Raventos et al. 2023).
-
-    n_tasks is the task diversity M: a pool of M tasks drawn once from the prior (nested in M for a
-    fixed pool_seed), or None for M = infinity (a fresh task per sequence).
-    """
-
-    family: str = "regression"
-    n_dims: int = 8
-    n_points: int = 16
-    n_tasks: int | None = None
-    noise_std: float = 0.5
-    prior_std: float = 1.0
-    pool_seed: int = 0
-
-    def __post_init__(self):
-        _require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
-        _require(self.n_points >= 1, "task.n_points", self.n_points, "an integer >= 1")
-        _require(
-            self.n_tasks is None or self.n_tasks >= 1,
-            "task.n_tasks",
-            self.n_tasks,
-            'an integer >= 1, or "inf" for a fresh task per sequence',
-        )
-        _require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
-        _require(self.prior_std > 0, "task.prior_std", self.prior_std, "a number > 0")
-        _require(self.pool_seed >= 0, "task.pool_seed", self.pool_seed, "an integer >= 0")
-
-
-W_FAMILIES = ("unitary", "rotations", "orthogonal")
-
-
-@dataclass(frozen=True)
-class AutoregressiveTaskConfig:
-    """Linear autoregressive sequences s_{t+1} = W s_t + noise_std * eps_t (Sander et al. 2024).
-
-    A sequence holds n_steps + 1 states s_0..s_T of dimension n_dims. Angles theta ~ U[0, 2 pi / mu).
-    w_family: `unitary` (complex diagonal e^{i theta}), `rotations` (commuting 2x2 rotation blocks on
-    coordinates (2i, 2i+1), in the canonical basis or a random basis shared by the task, drawn from
-    basis_seed), `orthogonal` (Haar-random). start: `fixed` (the reference code's unit vector) or
-    `random` (uniform on the sphere).
-    """
-
-    family: str = "autoregressive"
-    n_dims: int = 5
-    n_steps: int = 50
-    w_family: str = "unitary"
-    mu: float = 1.0
-    rotation_basis: str = "canonical"
-    start: str = "fixed"
-    noise_std: float = 0.0
-    basis_seed: int = 0
-
-    def __post_init__(self):
-        _require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
-        _require(self.n_steps >= 1, "task.n_steps", self.n_steps, "an integer >= 1")
-        _require(
-            self.w_family in W_FAMILIES, "task.w_family", self.w_family, f"one of {W_FAMILIES}"
-        )
-        _require(self.mu >= 1, "task.mu", self.mu, "a number >= 1")
-        _require(
-            self.rotation_basis in ("canonical", "random"),
-            "task.rotation_basis",
-            self.rotation_basis,
-            "one of ('canonical', 'random')",
-        )
-        _require(
-            self.start in ("fixed", "random"),
-            "task.start",
-            self.start,
-            "one of ('fixed', 'random')",
-        )
-        _require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
-        _require(self.basis_seed >= 0, "task.basis_seed", self.basis_seed, "an integer >= 0")
-        if self.w_family == "rotations":
-            _require(
-                self.n_dims % 2 == 0, "task.n_dims", self.n_dims, "an even integer for rotations"
-            )
-        if self.w_family == "orthogonal":  # Haar W has no angle distribution to scale
-            _require(self.mu == 1, "task.mu", self.mu, "1 for w_family = 'orthogonal' (Haar W)")
-        if self.w_family != "rotations":
-            _require(
-                self.rotation_basis == "canonical",
-                "task.rotation_basis",
-                self.rotation_basis,
-                "'canonical' unless w_family = 'rotations'",
-            )
-
-
-TASK_CONFIGS: dict[str, type] = {
-    "regression": RegressionTaskConfig,
-    "autoregressive": AutoregressiveTaskConfig,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Model families
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GPTConfig:
-    """Decoder-only GPT-2 style transformer over interleaved (x, y) tokens."""
-
-    family: str = "gpt"
-    n_layers: int = 4
-    n_embd: int = 64
-    n_heads: int = 2
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        _require(self.n_layers >= 1, "model.n_layers", self.n_layers, "an integer >= 1")
-        _require(self.n_embd >= 1, "model.n_embd", self.n_embd, "an integer >= 1")
-        _require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")
-        _require(
-            self.n_embd % self.n_heads == 0,
-            "model.n_embd",
-            self.n_embd,
-            f"a multiple of model.n_heads = {self.n_heads}",
-        )
-        _require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
-
-
-ATTENTIONS = ("linear", "softmax", "pe_only")
-TOKENS = ("augmented", "plain")
-
-
-@dataclass(frozen=True)
-class LinearAttentionConfig:
-    """Attention-only causal transformer over states s_t (Sander et al. 2024), predicting s_{t+1}.
-
-    attention: `linear` (no softmax), `softmax`, or `pe_only` (only a position matrix P is
-    learned: weight P[t, t'] times <s_{t-1}, s_t'>; ignores tokens and n_embd). tokens:
-    `augmented` e_t = (s_t, s_{t-1}) or `plain` e_t = s_t with a learned positional encoding.
-    n_embd is the residual width, >= a prediction slot of n_dims plus the token; 0 means exactly
-    that, rounded up to a multiple of n_heads. Weights start as N(0, init_std^2).
-    """
-
-    family: str = "linear_attention"
-    attention: str = "linear"
-    tokens: str = "augmented"
-    n_layers: int = 1
-    n_heads: int = 1
-    n_embd: int = 0
-    init_std: float = 0.02
-
-    def __post_init__(self):
-        _require(
-            self.attention in ATTENTIONS, "model.attention", self.attention, f"one of {ATTENTIONS}"
-        )
-        _require(self.tokens in TOKENS, "model.tokens", self.tokens, f"one of {TOKENS}")
-        _require(self.n_layers >= 1, "model.n_layers", self.n_layers, "an integer >= 1")
-        _require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")
-        _require(self.n_embd >= 0, "model.n_embd", self.n_embd, "an integer >= 0 (0 = automatic)")
-        _require(
-            self.n_embd % self.n_heads == 0,
-            "model.n_embd",
-            self.n_embd,
-            f"a multiple of model.n_heads = {self.n_heads} (or 0 = automatic)",
-        )
-        if self.attention == "pe_only":
-            only_one = "1 for attention = 'pe_only'"
-            _require(self.n_layers == 1, "model.n_layers", self.n_layers, only_one)
-            _require(self.n_heads == 1, "model.n_heads", self.n_heads, only_one)
-            _require(self.init_std >= 0, "model.init_std", self.init_std, "a number >= 0")
-        else:
-            _require(self.init_std > 0, "model.init_std", self.init_std, "a number > 0")
-
-
-@dataclass(frozen=True)
-class DiagonalAttentionConfig:
-    """The paper's diagonal multi-head linear attention with positional weights P (Sander et al.
-    2024; models/diagonal_attention.py): head h has diagonal query-key weights a_h and value-output
-    weights b_h (rows of A, B), P is n_steps x n_steps. A, B, P start as N(0, init_std^2)."""
-
-    family: str = "diagonal_attention"
-    n_heads: int = 1
-    init_std: float = 0.1
-
-    def __post_init__(self):
-        _require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")
-        _require(self.init_std > 0, "model.init_std", self.init_std, "a number > 0")
-
-
-MODEL_CONFIGS: dict[str, type] = {
-    "gpt": GPTConfig,
-    "linear_attention": LinearAttentionConfig,
-    "diagonal_attention": DiagonalAttentionConfig,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,27 +60,27 @@ class TrainConfig:
     checkpoint_every: int = 1000
 
     def __post_init__(self):
-        _require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
-        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        _require(self.lr > 0, "train.lr", self.lr, "a number > 0")
-        _require(
+        require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        require(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        require(
             self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}"
         )
-        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
-        _require(self.schedule in SCHEDULES, "train.schedule", self.schedule, f"one of {SCHEDULES}")
-        _require(
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        require(self.schedule in SCHEDULES, "train.schedule", self.schedule, f"one of {SCHEDULES}")
+        require(
             0 <= self.warmup_fraction <= 1,
             "train.warmup_fraction",
             self.warmup_fraction,
             "a number in [0, 1]",
         )
-        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
-        _require(self.seed >= 0, "train.seed", self.seed, "an integer >= 0")
-        _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}")
-        _require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {DTYPES}")
+        require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        require(self.seed >= 0, "train.seed", self.seed, "an integer >= 0")
+        require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}")
+        require(self.dtype in DTYPES, "train.dtype", self.dtype, f"one of {DTYPES}")
         for name in ("log_every", "eval_every", "eval_sequences", "checkpoint_every"):
             value = getattr(self, name)
-            _require(value >= 1, f"train.{name}", value, "an integer >= 1")
+            require(value >= 1, f"train.{name}", value, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -291,64 +92,51 @@ class EvalConfig:
     eval_seed: int = 0
 
     def __post_init__(self):
-        _require(self.n_sequences >= 1, "eval.n_sequences", self.n_sequences, "an integer >= 1")
-        _require(
+        require(self.n_sequences >= 1, "eval.n_sequences", self.n_sequences, "an integer >= 1")
+        require(
             self.eval_batch_size >= 1,
             "eval.eval_batch_size",
             self.eval_batch_size,
             "an integer >= 1",
         )
-        _require(self.eval_seed >= 0, "eval.eval_seed", self.eval_seed, "an integer >= 0")
-
-
-# The task family each model family reads, and the fewest states a sequence needs for it.
-MODEL_TASK_FAMILIES = {
-    "gpt": "regression",
-    "linear_attention": "autoregressive",
-    "diagonal_attention": "autoregressive",
-}
-
-
-def check_model_fits_task(model, task) -> None:
-    """Raise ConfigError when the model family cannot read the task family's sequences."""
-    needed = MODEL_TASK_FAMILIES[model.family]
-    _require(
-        task.family == needed,
-        "task.family",
-        task.family,
-        f"model.family = {model.family!r} needs task.family = {needed!r}",
-    )
-    if model.family == "diagonal_attention":  # it queries with the previous token
-        _require(
-            task.n_steps >= 2,
-            "task.n_steps",
-            task.n_steps,
-            f"model.family = {model.family!r} needs n_steps >= 2 (a previous token to query with)",
-        )
+        require(self.eval_seed >= 0, "eval.eval_seed", self.eval_seed, "an integer >= 0")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: typing.Any = field(default_factory=RegressionTaskConfig)
-    model: typing.Any = field(default_factory=GPTConfig)
+    task: typing.Any = field(default_factory=lambda: default_family().config_class())
+    model: typing.Any = field(default_factory=lambda: next(iter(MODEL_CONFIGS.values()))())
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        check_model_fits_task(self.model, self.task)
+        family_of(self.task).check_model(self.model, self.task)
 
     def to_dict(self) -> dict:
         return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
 
     def run_hash(self) -> str:
-        """12 hex digits identifying the resolved config (n_tasks None is written "inf")."""
-        canonical = json.dumps(_toml_ready(self.to_dict()), sort_keys=True)
+        """12 hex digits identifying the resolved config (n_tasks None is written "inf"). Fields
+        declared with validation.added_field enter only when they differ from their default, so
+        adding a field keeps the names of existing run directories."""
+        identity = {section: identity_fields(getattr(self, section)) for section in SECTIONS}
+        canonical = json.dumps(_toml_ready(identity), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 SECTIONS = ("task", "model", "train", "eval")
-_FAMILY_REGISTRIES = {"task": TASK_CONFIGS, "model": MODEL_CONFIGS}
 _FIXED_SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
+
+
+def _section_class(section: str, family: str | None) -> type:
+    """The dataclass of a section; for task and model, that of the named (or default) family."""
+    if section == "task":
+        return (default_family() if family is None else family_named(family)).config_class
+    if section == "model":
+        family = next(iter(MODEL_CONFIGS)) if family is None else family
+        require(family in MODEL_CONFIGS, "model.family", family, f"one of {tuple(MODEL_CONFIGS)}")
+        return MODEL_CONFIGS[family]
+    return _FIXED_SECTIONS[section]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,15 +174,7 @@ def _coerce(name: str, value, annotation):
 
 
 def _build_section(section: str, values: dict):
-    values = dict(values)
-    if section in _FAMILY_REGISTRIES:
-        registry = _FAMILY_REGISTRIES[section]
-        default_family = next(iter(registry))
-        family = values.get("family", default_family)
-        _require(family in registry, f"{section}.family", family, f"one of {tuple(registry)}")
-        cls = registry[family]
-    else:
-        cls = _FIXED_SECTIONS[section]
+    cls = _section_class(section, values.get("family"))
     hints = typing.get_type_hints(cls)
     allowed = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -451,12 +231,11 @@ def _section_of(name: str, data: dict) -> str:
     """The one section whose dataclass (for the families in `data`) has a field `name`."""
     found = []
     for section in SECTIONS:
-        if section in _FAMILY_REGISTRIES:
-            registry = _FAMILY_REGISTRIES[section]
-            cls = registry.get(data.get(section, {}).get("family", next(iter(registry))))
-        else:
-            cls = _FIXED_SECTIONS[section]
-        if cls is not None and name in {f.name for f in dataclasses.fields(cls)}:
+        try:
+            cls = _section_class(section, data.get(section, {}).get("family"))
+        except ConfigError:  # an unknown family is reported when the section is built
+            continue
+        if name in {f.name for f in dataclasses.fields(cls)}:
             found.append(section)
     if len(found) != 1:
         where = f"it is in {', '.join(found)}" if found else "no section has it"

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from iclab.checkpoints import load_checkpoint, save_checkpoint
 from iclab.config import RunConfig
+from iclab.families import family_of, make_task
 from iclab.results import (
     CHECKPOINT_FILE,
     prepare_run_dir,
 )
-from iclab.tasks import make_task
 from iclab.training import (
     TrainingDiverged,
     TrainResult,
@@ -42,15 +42,17 @@ from iclab.training import (
 
 def ensemble_key(config: RunConfig) -> str | None:
     """Runs with the same key can train as one ensemble: the same model, data shapes and
-    optimisation, differing only in the seed and the task distribution (n_tasks, noise, prior,
-    pool seed). None when the run must train alone (non-regression tasks; dropout, whose random
-    masks a stacked forward would not reproduce; bf16 autocast)."""
-    if config.task.family != "regression" or getattr(config.model, "dropout", 0.0) > 0:
+    optimisation, differing only in the seed and the task fields that the family lets members
+    vary (its member_fields: the task distribution). None when the run must train alone (a family
+    that does not stack; dropout, whose random masks a stacked forward would not reproduce; bf16
+    autocast)."""
+    member_fields = family_of(config.task).member_fields
+    if member_fields is None or getattr(config.model, "dropout", 0.0) > 0:
         return None
     if config.train.dtype != "float32":  # the stacked step has no autocast: train such runs alone
         return None
     data = config.to_dict()
-    shapes = {k: data["task"][k] for k in ("family", "n_dims", "n_points")}
+    shapes = {k: v for k, v in data["task"].items() if k not in member_fields}
     train = {k: v for k, v in data["train"].items() if k != "seed"}
     return json.dumps({"task": shapes, "model": data["model"], "train": train}, sort_keys=True)
 
@@ -124,7 +126,7 @@ def train_ensemble(
     """
     keys = {ensemble_key(config) for config in configs}
     if None in keys or len(keys) != 1:
-        raise ValueError("an ensemble needs regression runs that differ only in seed and task")
+        raise ValueError("an ensemble needs runs that differ only in seed and task distribution")
     train_config = configs[0].train
     device = resolve_device(train_config.device)
     if device.type == "cpu":

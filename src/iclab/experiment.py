@@ -5,9 +5,9 @@ from pathlib import Path
 
 from iclab.checkpoints import load_checkpoint
 from iclab.config import RunConfig, load_config
+from iclab.families import family_of, make_task
 from iclab.plots import plot_mse_per_position
 from iclab.results import CHECKPOINT_FILE, CONFIG_FILE, EVAL_FILE, write_json
-from iclab.tasks import make_task
 from iclab.training import build_model, evaluate_as_configured, resolve_device, train
 
 MSE_FIGURE = "mse_per_position.png"
@@ -40,7 +40,9 @@ def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float)
     last: a run directory with eval.json is complete."""
     evaluation = evaluate_as_configured(model, task, config, config.eval.n_sequences)
     evaluation["steps_per_second"] = steps_per_second
-    plot_mse_per_position(evaluation, Path(run_dir) / MSE_FIGURE)
+    plot_mse_per_position(
+        evaluation, Path(run_dir) / MSE_FIGURE, family_of(config.task).distribution_titles
+    )
     write_json(Path(run_dir) / EVAL_FILE, evaluation)
     return evaluation
 
@@ -54,6 +56,8 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> dict:
     load_checkpoint(run_dir / CHECKPOINT_FILE, model)
     task = make_task(config.task, device)
     evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
-    plot_mse_per_position(evaluation, run_dir / MSE_FIGURE)
+    plot_mse_per_position(
+        evaluation, run_dir / MSE_FIGURE, family_of(config.task).distribution_titles
+    )
     write_json(run_dir / EVAL_FILE, evaluation)
     return evaluation

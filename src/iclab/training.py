@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from iclab.checkpoints import load_checkpoint, save_checkpoint
 from iclab.config import RunConfig, TrainConfig
 from iclab.evaluation import evaluate_model
+from iclab.families import make_task
 from iclab.models import make_model
 from iclab.results import (
     CHECKPOINT_FILE,
@@ -28,7 +29,6 @@ from iclab.results import (
     write_metrics,
 )
 from iclab.seeding import INIT_STREAM, derive_seed
-from iclab.tasks import make_task
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,7 +11,8 @@ transposes are conjugate transposes, s^* = conj(s)^T.
                     M_t = sum s_{t'+1} s_t'^*, G_t = sum s_t' s_t'^*; predicts W_hat s_t.
 - OneStepGD(eta):   one gradient step from W = 0 on 1/2 sum_{t'<t} ||s_{t'+1} - W s_t'||^2:
                     W_hat = eta M_t, predicts eta sum_{t'<t} s_{t'+1} <s_t', s_t>. eta is a number
-                    or one per position, (L,).
+                    or one per position, (L,). one_step_gd computes it, and its conjugated
+                    relatives eta D M_t D^* s_t.
 - LastPair:         unitary (diagonal) W: W_hat_jj = s_{t,j} / s_{t-1,j}, predicts s_t^2 / s_{t-1}.
 - CosineRecurrence: rotations: s_{t+1} = 2 cos(theta) s_t - s_{t-1} per 2x2 block (coordinates
                     (2i, 2i+1) after changing to the task's basis), cos(theta) estimated by
@@ -27,14 +28,17 @@ optimal_eta(task_config) gives the step size of OneStepGD that minimises its exp
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from iclab.config import AutoregressiveTaskConfig
 from iclab.seeding import EVAL_STREAM, make_generator
 from iclab.tasks.autoregressive import AutoregressiveTask, squared_modulus
 
 ETA_STREAM = 1000  # evaluation sub-stream of the sequences that fit eta (apart from eval sets)
+
+if TYPE_CHECKING:  # for type hints only: the config is defined by its family module
+    from iclab.families.autoregressive import AutoregressiveTaskConfig
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +79,31 @@ class LeastSquares:
         return predictions.to(states.dtype)
 
 
+def one_step_gd(
+    states: torch.Tensor,
+    eta: float | torch.Tensor | tuple[float, ...] = 1.0,
+    D: torch.Tensor | None = None,
+    reverse: bool = False,
+) -> torch.Tensor:
+    """eta D M_t D^* s_t for states s_0..s_{L-1} (batch, L, d) -> (batch, L, d) in float64 or
+    complex128, with M_t = W_hat_t = sum_{t'<t} s_{t'+1} s_t'^* (one step of GD from W = 0), or
+    with reverse its transpose sum_{t'<t} s_t' s_{t'+1}^* (the estimate of W^{-1} = W^T from the
+    reversed pairs). eta is a number or one per position, (L,); D (d, d) defaults to the
+    identity. D and reverse describe the conjugation symmetry of iclab.studies.autoregressive."""
+    s = _wide(states)
+    length = s.shape[1]
+    a = s if D is None else s @ D.to(s.dtype).T  # a_t = D s_t
+    scores = s @ _hermitian(a)  # [t, t'] = a_t'^* s_t
+    if reverse:  # pairs t' < t as (key a_{t'+1}, value a_t')
+        inner, values = scores[:, :, 1:].tril(-1), a[:, :-1]
+    else:  # pairs t' < t as (key a_t', value a_{t'+1})
+        inner, values = scores[:, :, :-1].tril(-1), a[:, 1:]
+    eta = torch.as_tensor(eta, dtype=torch.float64, device=s.device)
+    if eta.dim() == 1:
+        eta = eta[:length, None]
+    return eta * (inner @ values)
+
+
 class OneStepGD:
     """eta sum_{t'<t} s_{t'+1} <s_t', s_t>: one GD step from W = 0; eta a number or (L,)."""
 
@@ -82,15 +111,7 @@ class OneStepGD:
         self.eta = eta
 
     def __call__(self, states: torch.Tensor, ws: torch.Tensor | None = None) -> torch.Tensor:
-        s = _wide(states)
-        length = s.shape[1]
-        # inner[t, t'] = <s_t', s_t> = s_t'^* s_t, kept for t' < t; applied to s_{t'+1}.
-        inner = (s @ _hermitian(s)).tril(-1)
-        unit_step = inner[:, :, : length - 1] @ s[:, 1:]
-        eta = torch.as_tensor(self.eta, dtype=torch.float64, device=s.device)
-        if eta.dim() == 1:
-            eta = eta[:length, None]
-        return (eta * unit_step).to(states.dtype)
+        return one_step_gd(states, self.eta).to(states.dtype)
 
 
 class LastPair:
@@ -182,7 +203,7 @@ def unitary_optimal_eta(n_dims: int, n_steps: int, mu: float = 1.0) -> OptimalEt
 
 @torch.inference_mode()
 def empirical_optimal_eta(
-    task_config: AutoregressiveTaskConfig,
+    task_config: "AutoregressiveTaskConfig",
     n_sequences: int = 16_384,
     seed: int = 0,
     batch_size: int = 4096,
@@ -195,7 +216,7 @@ def empirical_optimal_eta(
     for index, start in enumerate(range(0, n_sequences, batch_size)):
         generator = make_generator(device, seed, EVAL_STREAM, ETA_STREAM, index)
         states, _ = task.sample(generator, min(batch_size, n_sequences - start))
-        u = _wide(OneStepGD(1.0)(_wide(states[:, :-1])))
+        u = one_step_gd(states[:, :-1])
         v = _wide(states[:, 1:])
         numerator = numerator + (u.conj() * v).real.sum(dim=(0, 2))
         denominator = denominator + squared_modulus(u).sum(dim=(0, 2))
@@ -206,7 +227,7 @@ def empirical_optimal_eta(
 
 @functools.lru_cache(maxsize=32)
 def optimal_eta(
-    task_config: AutoregressiveTaskConfig, n_sequences: int = 16_384, seed: int = 0
+    task_config: "AutoregressiveTaskConfig", n_sequences: int = 16_384, seed: int = 0
 ) -> OptimalEta:
     """The OneStepGD step size minimising the expected error on the task distribution: the closed
     form for unitary W with the fixed start and no noise, else the empirical minimiser (on CPU).

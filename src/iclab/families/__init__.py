@@ -30,6 +30,7 @@ class Family:
     default: bool = False  # the family of a config that names none
     model_families: tuple[str, ...] = ()  # model.family values that read its sequences
     distributions: tuple[str, ...] = ()  # named evaluation distributions
+    distribution_titles: dict[str, str] = {}  # how figures name them ("evaluated on the ...")
     bayes: dict[str, str] = {}  # distribution -> the baseline that is Bayes-optimal there
     status_metrics: tuple[tuple[str, str], ...] = ()  # (distribution, pair) shown by `status`
     # Task fields in which runs of one stacked ensemble may differ (with the seed); None: its runs

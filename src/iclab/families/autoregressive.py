@@ -75,6 +75,7 @@ class Autoregressive(Family):
     config_class = AutoregressiveTaskConfig
     model_families = ("linear_attention", "diagonal_attention")
     distributions = ("true",)
+    distribution_titles = {"true": "true distribution (a fresh W per sequence)"}
     bayes = {"true": ORACLE}
     status_metrics = (("true", "PT,OneStepGD"), ("true", "PT,LeastSquares"))
 

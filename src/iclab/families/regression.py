@@ -54,6 +54,7 @@ class Regression(Family):
     default = True
     model_families = ("gpt",)
     distributions = ("pretrain", "true")
+    distribution_titles = {"pretrain": "pretraining pool", "true": "true prior (new tasks)"}
     bayes = {"pretrain": DMMSE, "true": RIDGE}
     status_metrics = (("true", PT_RIDGE), ("true", PT_DMMSE), ("pretrain", PT_DMMSE))
     member_fields = ("n_tasks", "noise_std", "prior_std", "pool_seed")

@@ -2,17 +2,13 @@
 
 import torch
 
-from iclab.config import (
-    DiagonalAttentionConfig,
-    GPTConfig,
-    LinearAttentionConfig,
-    check_model_fits_task,
-)
+from iclab.families import family_of
+from iclab.models.configs import DiagonalAttentionConfig, GPTConfig, LinearAttentionConfig
 
 
 def make_model(model_config, task_config) -> torch.nn.Module:
-    """Build the model of `model_config` sized for `task_config` (registry by config class)."""
-    check_model_fits_task(model_config, task_config)
+    """Build the model of `model_config` sized for `task_config` (by model config class)."""
+    family_of(task_config).check_model(model_config, task_config)
     if isinstance(model_config, GPTConfig):
         from iclab.models.gpt import GPT
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from iclab.ensemble import ensemble_key
+from iclab.families import family_of
 from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepStore
@@ -110,27 +111,25 @@ def run_sweep(
 
 
 def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
-    """(header, rows) of `iclab status`: one row per registered run."""
+    """(header, rows) of `iclab status`: one row per registered run, with the headline metrics
+    of its task family (the union over the families in the sweep)."""
     store = SweepStore(out_dir)
     grid = store.grid_values()
     keys = list(dict.fromkeys(key for values in grid.values() for key in values))
-    header = ["run", "status", *keys, "step", "true PT,Ridge", "true PT,dMMSE", "pretrain PT,dMMSE"]
+    configs = {run_hash: store.config(run_hash) for run_hash in grid}
+    shown = list(
+        dict.fromkeys(m for c in configs.values() for m in family_of(c.task).status_metrics)
+    )
+    header = ["run", "status", *keys, "step", *(f"{d} {pair}" for d, pair in shown)]
     rows = []
     for run_hash, values in grid.items():
         status = store.status(run_hash)
-        config = store.config(run_hash)
+        config = configs[run_hash]
         step = config.train.steps if status == "complete" else store.checkpoint_step(run_hash)
-        metrics = ["", "", ""]
+        metrics = [""] * len(shown)
         if status == "complete":
             distributions = store.evaluation(run_hash)["distributions"]
-            metrics = [
-                distributions.get(d, {}).get("delta_mean", {}).get(pair, "")
-                for d, pair in (
-                    ("true", "PT,Ridge"),
-                    ("true", "PT,dMMSE"),
-                    ("pretrain", "PT,dMMSE"),
-                )
-            ]
+            metrics = [distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown]
         elif status == "failed":
             metrics[0] = store.failure(run_hash).strip().splitlines()[-1][:60]
         rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics])

@@ -1,14 +1,16 @@
 """The tidy results table of a sweep: one row per completed run and evaluated distribution.
 
-Columns: run (hash), the key settings (n_tasks, batch_size, seed, n_dims), the sweep's grid keys,
-distribution, mse_NAME (MSE/D averaged over positions, per predictor) and delta_A,B (Delta/D
-averaged over positions). n_tasks is written "inf" for M = infinity.
+Columns: run (hash), family (task.family), the family's key settings (regression: n_tasks, written
+"inf" for M = infinity, and n_dims), batch_size, seed, the sweep's other grid keys, distribution,
+mse_NAME (MSE/D averaged over positions, per predictor) and delta_A,B (Delta/D averaged over
+positions).
 """
 
 import csv
 import io
 from pathlib import Path
 
+from iclab.families import family_of
 from iclab.results import atomic_write_text
 from iclab.sweeps.store import SweepError, SweepStore
 
@@ -25,10 +27,10 @@ def results_rows(out_dir: str | Path) -> list[dict]:
         config = store.config(run_hash)
         settings = {
             "run": run_hash,
-            "n_tasks": "inf" if config.task.n_tasks is None else config.task.n_tasks,
+            "family": config.task.family,
+            **family_of(config.task).settings(config.task),
             "batch_size": config.train.batch_size,
             "seed": config.train.seed,
-            "n_dims": config.task.n_dims,
         }
         settings.update({k: v for k, v in grid_values.items() if k not in settings})
         for distribution, result in store.evaluation(run_hash)["distributions"].items():

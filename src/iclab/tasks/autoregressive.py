@@ -16,16 +16,19 @@ Angles are theta ~ U[0, 2 pi / mu). The start is the reference code's s_0 = (1, 
 """
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from iclab.config import AutoregressiveTaskConfig
 from iclab.seeding import EVAL_STREAM, POOL_STREAM, TRAIN_STREAM, make_generator
 
 DISTRIBUTIONS = ("true",)
 
+if TYPE_CHECKING:  # for type hints only: the config is defined by its family module
+    from iclab.families.autoregressive import AutoregressiveTaskConfig
 
-def is_complex(config: AutoregressiveTaskConfig) -> bool:
+
+def is_complex(config: "AutoregressiveTaskConfig") -> bool:
     """Whether the states of this task are complex (unitary W) rather than real."""
     return config.w_family == "unitary"
 
@@ -33,6 +36,18 @@ def is_complex(config: AutoregressiveTaskConfig) -> bool:
 def squared_modulus(x: torch.Tensor) -> torch.Tensor:
     """|x|^2 elementwise for real or complex x (smooth at 0, unlike abs().square() for complex)."""
     return x.real.square() + x.imag.square() if x.is_complex() else x.square()
+
+
+def fixed_start(
+    n_dims: int,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+    unit_norm: bool = True,
+) -> torch.Tensor:
+    """The fixed start s_0 = (1, ..., 1) / sqrt(d), the reference code's, as a (d,) tensor of dtype
+    (complex for unitary W); with unit_norm=False (1, ..., 1), the diagonal model theory's."""
+    ones = torch.ones(n_dims, dtype=dtype, device=device)
+    return ones / torch.linalg.vector_norm(ones) if unit_norm else ones
 
 
 def haar_orthogonal(
@@ -55,7 +70,7 @@ def rotation_blocks(thetas: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def rotation_basis(config: AutoregressiveTaskConfig) -> torch.Tensor | None:
+def rotation_basis(config: "AutoregressiveTaskConfig") -> torch.Tensor | None:
     """The task's shared basis Q (d, d) on the CPU for random-basis rotations, else None."""
     if config.w_family != "rotations" or config.rotation_basis == "canonical":
         return None
@@ -70,7 +85,7 @@ class AutoregressiveTask:
     predicts s_{t+1} from s_0..s_t.
     """
 
-    def __init__(self, config: AutoregressiveTaskConfig, device: torch.device | str = "cpu"):
+    def __init__(self, config: "AutoregressiveTaskConfig", device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
         self.complex = is_complex(config)
@@ -105,10 +120,10 @@ class AutoregressiveTask:
         c = self.config
         ws = self.sample_w(generator, batch_size)
         if c.start == "fixed":
-            start = torch.ones(batch_size, c.n_dims, dtype=self.dtype, device=self.device)
+            start = fixed_start(c.n_dims, self.dtype, self.device).expand(batch_size, -1)
         else:
             start = self._gaussian(generator, batch_size, c.n_dims)
-        start = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
+            start = start / torch.linalg.vector_norm(start, dim=-1, keepdim=True)
         states = [start]
         noise = self._gaussian(generator, batch_size, c.n_steps, c.n_dims) * c.noise_std
         diagonal = torch.diagonal(ws, dim1=-2, dim2=-1) if self.complex else None

@@ -6,13 +6,17 @@ from its own seed), so pools are nested in M for a fixed pool_seed and a sweep o
 the diversity. M = infinity (n_tasks None) draws a fresh task per sequence.
 """
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from iclab.config import RegressionTaskConfig
 from iclab.seeding import EVAL_STREAM, POOL_STREAM, TRAIN_STREAM, make_generator
 
 POOL_BLOCK_ROWS = 4096
 DISTRIBUTIONS = ("pretrain", "true")
+
+if TYPE_CHECKING:  # for type hints only: the config is defined by its family module
+    from iclab.families.regression import RegressionTaskConfig
 
 
 def draw_pool(n_tasks: int, n_dims: int, prior_std: float, pool_seed: int) -> torch.Tensor:
@@ -37,7 +41,7 @@ class RegressionTask:
     xs: (batch, n_points, n_dims), ys: (batch, n_points).
     """
 
-    def __init__(self, config: RegressionTaskConfig, device: torch.device | str = "cpu"):
+    def __init__(self, config: "RegressionTaskConfig", device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
         self.pool = None

@@ -63,6 +63,7 @@ from typing import Literal
 import torch
 
 from iclab.models.diagonal_attention import diagonal_attention_predict
+from iclab.tasks.autoregressive import fixed_start
 
 Family = Literal["unitary", "rotations"]
 FAMILIES = ("unitary", "rotations")
@@ -79,11 +80,11 @@ def _check(A: torch.Tensor, B: torch.Tensor, P: torch.Tensor, family: str) -> No
         raise ValueError(f"rotations need an even n_dims, got {A.shape[1]}")
 
 
-def default_start(n_dims: int, family: Family, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """s_0 = (1, ..., 1), complex for unitary, real for rotations."""
-    if family == "unitary":
-        return torch.ones(n_dims, dtype=torch.complex128 if dtype == torch.float64 else dtype)
-    return torch.ones(n_dims, dtype=dtype)
+def default_start(n_dims: int, family: Family) -> torch.Tensor:
+    """s_0 = (1, ..., 1) (the task's fixed start times sqrt(d)), complex128 for unitary, else
+    float64."""
+    dtype = torch.complex128 if family == "unitary" else torch.float64
+    return fixed_start(n_dims, dtype, unit_norm=False)
 
 
 def closed_form_loss(

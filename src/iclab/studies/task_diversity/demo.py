@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclab.config import load_config
+from iclab.families import MODEL_NAME
+from iclab.families.regression import DMMSE_RIDGE, PT_DMMSE, PT_RIDGE
 from iclab.results import format_table
 from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.runner import run_runs
@@ -28,6 +30,7 @@ DEMO_PRESET = "tiny"
 DEMO_TASK_DIVERSITIES = (1, 8, 64, 512, 4096, None)
 BAYESIAN_FACTOR = 3.0
 NON_BAYESIAN_FACTOR = 2.0
+PAIR_COLUMNS = (PT_RIDGE, PT_DMMSE, DMMSE_RIDGE)  # the columns of the study's tables, in this order
 
 
 @dataclass
@@ -51,14 +54,14 @@ def summarize(n_tasks: int | None, evaluation: dict) -> dict:
     for distribution, result in evaluation["distributions"].items():
         for pair, value in result["delta_mean"].items():
             row[f"{distribution}:{pair}"] = value
-        row[f"{distribution}:MSE PT"] = result["mse_mean"]["PT"]
+        row[f"{distribution}:MSE PT"] = result["mse_mean"][MODEL_NAME]
     return row
 
 
 def check_regimes(rows: list[dict]) -> dict[str, tuple[bool, str]]:
     """The demo's two numeric conditions, each with the numbers that decide it."""
     smallest = min((r for r in rows if r["n_tasks"] is not None), key=lambda r: r["n_tasks"])
-    to_dmmse, to_ridge = smallest["pretrain:PT,dMMSE"], smallest["pretrain:PT,Ridge"]
+    to_dmmse, to_ridge = smallest[f"pretrain:{PT_DMMSE}"], smallest[f"pretrain:{PT_RIDGE}"]
     bayesian = (
         to_dmmse < to_ridge / BAYESIAN_FACTOR,
         f"{run_label(smallest['n_tasks'])}, pretraining pool: Delta_PT,dMMSE = {to_dmmse:.4g} "
@@ -69,8 +72,8 @@ def check_regimes(rows: list[dict]) -> dict[str, tuple[bool, str]]:
     for row in rows:
         if row["n_tasks"] is None:
             continue
-        pt_ridge, pt_dmmse = row["true:PT,Ridge"], row["true:PT,dMMSE"]
-        dmmse_ridge = row["true:dMMSE,Ridge"]
+        pt_ridge, pt_dmmse = row[f"true:{PT_RIDGE}"], row[f"true:{PT_DMMSE}"]
+        dmmse_ridge = row[f"true:{DMMSE_RIDGE}"]
         far = dmmse_ridge >= NON_BAYESIAN_FACTOR * pt_ridge
         closer = pt_ridge <= pt_dmmse / NON_BAYESIAN_FACTOR
         candidates.append(
@@ -91,15 +94,14 @@ def check_regimes(rows: list[dict]) -> dict[str, tuple[bool, str]]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    pairs = ("PT,Ridge", "PT,dMMSE", "dMMSE,Ridge")
-    header = ["M", "log2 M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in pairs]
+    header = ["M", "log2 M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in PAIR_COLUMNS]
     table = []
     for row in rows:
         m = row["n_tasks"]
         log2 = "inf" if m is None else f"{m.bit_length() - 1}"
         table.append(
             [run_label(m)[2:], log2]
-            + [row[f"{d}:{p}"] for d in ("pretrain", "true") for p in pairs]
+            + [row[f"{d}:{p}"] for d in ("pretrain", "true") for p in PAIR_COLUMNS]
         )
     return "Delta metrics (mean over positions, MSE/D):\n" + format_table(header, table)
 
@@ -121,7 +123,7 @@ def run_demo(
     pdf: bool = False,
 ) -> DemoReport:
     """Train, evaluate, tabulate, plot and check; see the module docstring."""
-    from iclab.plots import plot_task_diversity
+    from iclab.studies.task_diversity.figures import plot_task_diversity
 
     started = time.perf_counter()
     grid = [{"n_tasks": "inf" if m is None else m} for m in task_diversities]

@@ -1,17 +1,23 @@
-"""The paper's figures from a sweep directory (`iclab plot`)."""
+"""The study's figures (matplotlib, Agg backend): figure 2 (Delta against log2 M), per-position
+errors for several M, and figure 4 (Delta over training), from rows or a sweep directory
+(`iclab plot`)."""
 
 import math
 from pathlib import Path
 
-from iclab.plots import (
-    plot_delta_over_training,
-    plot_mse_per_position_by_tasks,
-    plot_task_diversity,
-)
+from iclab.families.regression import DMMSE, DMMSE_RIDGE, PT_DMMSE, PT_RIDGE, Regression
+from iclab.plots import plt, save_figure
 from iclab.results import read_metrics
+from iclab.studies.task_diversity.threshold import read_threshold
 from iclab.sweeps.store import SweepError, SweepStore
 from iclab.sweeps.table import results_rows
-from iclab.sweeps.threshold import read_threshold
+
+DISTRIBUTION_TITLES = Regression.distribution_titles
+PAIR_STYLES = {
+    PT_RIDGE: dict(label="$\\Delta_{PT,Ridge}$", color="tab:blue", marker="o"),
+    PT_DMMSE: dict(label="$\\Delta_{PT,dMMSE}$", color="tab:red", marker="s"),
+    DMMSE_RIDGE: dict(label="$\\Delta_{dMMSE,Ridge}$ (reference)", color="gray", ls="--"),
+}
 
 TASK_DIVERSITY_FIGURE = "task_diversity.png"
 MSE_FIGURE = "mse_per_position_by_M.png"
@@ -78,7 +84,7 @@ def plot_sweep(
     for batch_size in batch_sizes:
         curves[f"batch size {batch_size}"] = {
             m: [
-                (r["step"], r["eval"]["distributions"]["true"]["delta_mean"]["PT,Ridge"])
+                (r["step"], r["eval"]["distributions"]["true"]["delta_mean"][PT_RIDGE])
                 for r in read_metrics(store.run_dir(runs[batch_size, m]))
             ]
             for m in order
@@ -91,3 +97,127 @@ def plot_sweep(
         plot_mse_per_position_by_tasks(evaluations, out_dir / MSE_FIGURE, pdf),
         plot_delta_over_training(curves, out_dir / TRAINING_FIGURE, pdf),
     ]
+
+
+def _log2_positions(n_tasks: list[int | None]) -> tuple[list[float], list[str]]:
+    """x positions log2 M; infinity gets its own tick two octaves right of the largest M."""
+    finite = [math.log2(m) for m in n_tasks if m is not None]
+    inf_position = (max(finite) if finite else 0.0) + 2.0
+    positions = [inf_position if m is None else math.log2(m) for m in n_tasks]
+    labels = ["$\\infty$" if m is None else f"{math.log2(m):g}" for m in n_tasks]
+    return positions, labels
+
+
+SERIES_LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def plot_task_diversity(
+    rows: list[dict],
+    path: Path,
+    pdf: bool = False,
+    series_key: str | None = None,
+    threshold: tuple[int | None, int | None] | None = None,
+) -> Path:
+    """Delta_PT,Ridge and Delta_PT,dMMSE against log2 M on both distributions, with the
+    Delta_dMMSE,Ridge reference (the paper's figure 2). rows have keys 'n_tasks' (None: infinity)
+    and 'DISTRIBUTION:A,B' (as studies.task_diversity.demo.summarize makes them); with series_key, one line style
+    per value of row[series_key] (e.g. batch_size). threshold: a (low, high) bracket of log2 M*,
+    shaded."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(row.get(series_key) if series_key else None, []).append(row)
+    all_tasks = sorted({r["n_tasks"] for r in rows}, key=lambda m: math.inf if m is None else m)
+    positions, labels = _log2_positions(all_tasks)
+    x_of = dict(zip(all_tasks, positions, strict=True))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for axis, distribution in zip(axes, ("pretrain", "true"), strict=True):
+        for index, (value, group) in enumerate(sorted(groups.items(), key=_series_order)):
+            group = sorted(group, key=lambda r: math.inf if r["n_tasks"] is None else r["n_tasks"])
+            for pair, style in PAIR_STYLES.items():
+                if pair == DMMSE_RIDGE and index > 0:
+                    continue  # the reference does not depend on the series
+                style = dict(style)
+                if series_key and pair != DMMSE_RIDGE:
+                    style["label"] += f" ({series_key.replace('_', ' ')} {value})"
+                    style["ls"] = SERIES_LINE_STYLES[index % len(SERIES_LINE_STYLES)]
+                _plot_pair(axis, group, distribution, pair, style, x_of)
+        if threshold is not None and None not in threshold:
+            axis.axvspan(*threshold, color="gold", alpha=0.3, label="threshold $M^*$ bracket")
+        axis.set_yscale("log")
+        axis.set_xticks(positions, labels)
+        axis.set_xlabel("task diversity $\\log_2 M$")
+        axis.set_title(f"evaluated on the {DISTRIBUTION_TITLES[distribution]}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("$\\Delta$ (squared prediction difference / D)")
+    axes[1].legend(fontsize="small")
+    return save_figure(figure, path, pdf)
+
+
+def _series_order(item) -> tuple:
+    """Numbers in numeric order, then anything else by name."""
+    value = item[0]
+    return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
+
+
+def _plot_pair(axis, rows, distribution: str, pair: str, style: dict, x_of: dict) -> None:
+    """Finite M as a line; M = inf as a lone marker past a gap (it is a limit, not a next
+    octave). Zeros (dMMSE is Ridge at M = inf) have no place on the log axis."""
+    points = [
+        (x_of[r["n_tasks"]], r[f"{distribution}:{pair}"], r["n_tasks"] is None)
+        for r in rows
+        if r[f"{distribution}:{pair}"] > 0
+    ]
+    finite = [(x, v) for x, v, is_inf in points if not is_inf]
+    infinite = [(x, v) for x, v, is_inf in points if is_inf]
+    if finite:
+        axis.plot(*zip(*finite, strict=True), **style)
+    if infinite:
+        marker = style.get("marker", "D")
+        axis.plot(*zip(*infinite, strict=True), color=style["color"], marker=marker, ls="")
+
+
+def plot_mse_per_position_by_tasks(evaluations: dict, path: Path, pdf: bool = False) -> Path:
+    """Per-position MSE/D of the PT (solid), dMMSE (dotted) and Ridge (dashed; black on the true
+    prior, where it is the same for every M) for several M, on each distribution. evaluations: n_tasks (None: infinity) -> eval.json contents."""
+    distributions = ("pretrain", "true")
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = plt.cm.viridis([i / max(1, len(evaluations) - 1) for i in range(len(evaluations))])
+    for axis, distribution in zip(axes, distributions, strict=True):
+        for color, (n_tasks, evaluation) in zip(colors, evaluations.items(), strict=True):
+            mse = evaluation["distributions"][distribution]["mse"]
+            label = "$\\infty$" if n_tasks is None else str(n_tasks)
+            positions = range(1, len(mse["PT"]) + 1)
+            axis.plot(positions, mse["PT"], color=color, marker=".", label=f"PT, M = {label}")
+            if n_tasks is not None:
+                axis.plot(positions, mse[DMMSE], color=color, ls=":", label=f"dMMSE, M = {label}")
+            if distribution == "pretrain":  # each M has its own pool, so Ridge's error differs
+                axis.plot(positions, mse["Ridge"], color=color, ls="--", lw=0.8)
+        if distribution == "true":
+            axis.plot(positions, mse["Ridge"], color="black", ls="--", label="Ridge")
+        axis.set_yscale("log")
+        axis.set_xlabel("position k (in-context examples seen: k - 1)")
+        axis.set_title(f"evaluated on the {DISTRIBUTION_TITLES[distribution]}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("MSE / D")
+    axes[1].legend(fontsize="small", ncol=2)
+    return save_figure(figure, path, pdf)
+
+
+def plot_delta_over_training(curves: dict, path: Path, pdf: bool = False) -> Path:
+    """Delta_PT,Ridge on the true distribution against training step, one line per M (the
+    paper's figure 4). curves: panel title -> {n_tasks (None: infinity): [(step, delta), ...]}."""
+    figure, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for axis, (title, lines) in zip(axes[0], curves.items(), strict=True):
+        order = sorted(lines, key=lambda m: math.inf if m is None else m)
+        colors = plt.cm.viridis([i / max(1, len(order) - 1) for i in range(len(order))])
+        for color, n_tasks in zip(colors, order, strict=True):
+            steps, values = zip(*lines[n_tasks], strict=True)
+            label = "M = $\\infty$" if n_tasks is None else f"M = 2^{math.log2(n_tasks):g}"
+            axis.plot(steps, values, color=color, marker=".", label=label)
+        axis.set_yscale("log")
+        axis.set_xlabel("training step")
+        axis.set_ylabel("$\\Delta_{PT,Ridge}$ on the true prior (/ D)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    return save_figure(figure, path, pdf)

@@ -11,12 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclab.config import PRESETS_DIR
-from iclab.demo import check_regimes
+from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
 from iclab.results import atomic_write_text, format_table
-from iclab.sweeps.figures import plot_sweep, task_diversity_rows
+from iclab.studies.task_diversity.demo import PAIR_COLUMNS, check_regimes
+from iclab.studies.task_diversity.figures import plot_sweep, task_diversity_rows
+from iclab.studies.task_diversity.threshold import (
+    CRITERIA,
+    find_threshold,
+    judge,
+    threshold_settings,
+    write_threshold,
+)
 from iclab.sweeps.runner import run_sweep
 from iclab.sweeps.spec import load_spec
-from iclab.sweeps.threshold import CRITERIA, find_threshold, write_threshold
 
 SPECS_DIR = PRESETS_DIR / "sweeps"
 REPORT_FILE = "report.md"
@@ -69,26 +76,27 @@ def reproduce_task_diversity(
 
     # The other criterion, on the sweep's grid only (no extra training).
     other = next(c for c in CRITERIA if c != primary)
+    fraction = threshold_settings(spec)["fraction"]
     by_key = {(r["batch_size"], r["n_tasks"]): r for r in rows}
     other_lines = []
     for m in sorted(m for m in grid_tasks if m is not None):
-        small, large = (by_key.get((b, m)) for b in batch_sizes[:2])
-        if other == "batch_doubling" and small and large:
-            holds = large["true:PT,Ridge"] < small["true:PT,Ridge"]
-            other_lines.append(
-                f"| {_label(m)} | {small['true:PT,Ridge']:.4g} | {large['true:PT,Ridge']:.4g} | "
-                f"{'holds' if holds else 'fails'} |"
-            )
-        elif other == "fraction" and small:
-            holds = small["true:PT,Ridge"] < 0.5 * small["true:dMMSE,Ridge"]
-            other_lines.append(
-                f"| {_label(m)} | {small['true:PT,Ridge']:.4g} | "
-                f"{small['true:dMMSE,Ridge']:.4g} | {'holds' if holds else 'fails'} |"
-            )
+        at_m = [by_key.get((b, m)) for b in batch_sizes[: 2 if other == "batch_doubling" else 1]]
+        if None in at_m or (other == "batch_doubling" and len(at_m) < 2):
+            continue
+        true_deltas = [{p: r[f"true:{p}"] for p in PAIR_COLUMNS} for r in at_m]
+        holds, _ = judge(other, fraction, batch_sizes, true_deltas)
+        second = (
+            true_deltas[-1][PT_RIDGE] if other == "batch_doubling" else true_deltas[0][DMMSE_RIDGE]
+        )
+        other_lines.append(
+            f"| {_label(m)} | {true_deltas[0][PT_RIDGE]:.4g} | {second:.4g} | "
+            f"{'holds' if holds else 'fails'} |"
+        )
     other_header = (
         f"| M | Delta_PT,Ridge(true) batch {batch_sizes[0]} | batch {batch_sizes[-1]} | lower |"
         if other == "batch_doubling"
-        else f"| M | Delta_PT,Ridge(true) batch {batch_sizes[0]} | Delta_dMMSE,Ridge(true) | < half |"
+        else f"| M | Delta_PT,Ridge(true) batch {batch_sizes[0]} | Delta_dMMSE,Ridge(true) | "
+        f"< {fraction:g} x |"
     )
 
     checks = {}
@@ -99,17 +107,17 @@ def reproduce_task_diversity(
         for name, (holds, text) in check_regimes(grid_rows).items():
             checks[f"{name}, batch {batch_size}"] = (holds, text)
 
-    pairs = ("PT,Ridge", "PT,dMMSE", "dMMSE,Ridge")
     table_rows = [
         [r["batch_size"], _label(r["n_tasks"])]
-        + [r[f"{d}:{p}"] for d in ("pretrain", "true") for p in pairs]
+        + [r[f"{d}:{p}"] for d in ("pretrain", "true") for p in PAIR_COLUMNS]
         for r in sorted(
             rows,
             key=lambda r: (r["batch_size"], math.inf if r["n_tasks"] is None else r["n_tasks"]),
         )
     ]
     table = format_table(
-        ["batch", "M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in pairs], table_rows
+        ["batch", "M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in PAIR_COLUMNS],
+        table_rows,
     )
     evidence = "\n".join(
         f"| 2^{e} | {'holds' if ev.holds else 'fails'} | {ev.explanation} | {', '.join(ev.runs)} |"

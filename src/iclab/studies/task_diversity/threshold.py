@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclab.config import ConfigError
+from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
 from iclab.results import write_json
 from iclab.sweeps.runner import run_runs
 from iclab.sweeps.spec import SweepRun, SweepSpec
@@ -66,6 +67,26 @@ def bisect(holds: Callable[[int], bool], low: int, high: int) -> tuple[int | Non
         else:
             low = middle
     return low, high
+
+
+def judge(
+    criterion: str, fraction: float, batch_sizes: list[int], true_deltas: list[dict]
+) -> tuple[bool, str]:
+    """Whether the criterion holds at one M, with the numbers that decide it. true_deltas[i]:
+    the Delta means on the true prior ({"PT,Ridge": ..., ...}) of the run at batch_sizes[i]."""
+    pt_ridge = [deltas[PT_RIDGE] for deltas in true_deltas]
+    if criterion == "batch_doubling":
+        ok = pt_ridge[1] < pt_ridge[0]
+        return ok, (
+            f"Delta_PT,Ridge(true) batch {batch_sizes[0]}: {pt_ridge[0]:.4g}, batch "
+            f"{batch_sizes[1]}: {pt_ridge[1]:.4g} ({'lower' if ok else 'not lower'})"
+        )
+    dmmse_ridge = true_deltas[0][DMMSE_RIDGE]
+    ok = pt_ridge[0] < fraction * dmmse_ridge
+    return ok, (
+        f"Delta_PT,Ridge(true) = {pt_ridge[0]:.4g} {'<' if ok else '>='} {fraction:g} x "
+        f"Delta_dMMSE,Ridge(true) = {fraction * dmmse_ridge:.4g}"
+    )
 
 
 def threshold_settings(spec: SweepSpec) -> dict:
@@ -122,20 +143,7 @@ def find_threshold(
                 f"threshold search: runs at M = 2^{exponent} failed; see `iclab status {out_dir}`"
             )
         true = [store.evaluation(run.run_hash)["distributions"]["true"] for run in runs]
-        pt_ridge = [t["delta_mean"]["PT,Ridge"] for t in true]
-        if criterion == "batch_doubling":
-            ok = pt_ridge[1] < pt_ridge[0]
-            text = (
-                f"Delta_PT,Ridge(true) batch {batch_sizes[0]}: {pt_ridge[0]:.4g}, batch "
-                f"{batch_sizes[1]}: {pt_ridge[1]:.4g} ({'lower' if ok else 'not lower'})"
-            )
-        else:
-            dmmse_ridge = true[0]["delta_mean"]["dMMSE,Ridge"]
-            ok = pt_ridge[0] < fraction * dmmse_ridge
-            text = (
-                f"Delta_PT,Ridge(true) = {pt_ridge[0]:.4g} {'<' if ok else '>='} {fraction:g} x "
-                f"Delta_dMMSE,Ridge(true) = {fraction * dmmse_ridge:.4g}"
-            )
+        ok, text = judge(criterion, fraction, batch_sizes, [t["delta_mean"] for t in true])
         result.evaluations[exponent] = Evaluation(
             exponent, ok, text, [run.run_hash for run in runs]
         )

@@ -1,0 +1,1 @@
+"""The science of each study, together: its analyses, checks, figures and report."""

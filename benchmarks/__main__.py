@@ -12,7 +12,7 @@ import sys
 import torch
 
 from benchmarks import environment
-from iclab.results import write_json
+from iclab.files import write_json
 
 # Name -> module defining run(quick: bool) -> list[dict]; imported only when its benchmark runs.
 BENCHMARKS = {

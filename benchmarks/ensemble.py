@@ -1,7 +1,7 @@
 """Stacked ensemble vs the same runs one after another: aggregate model-steps per second.
 
 N = 8 runs of the `tiny` preset (different seeds and task pools) trained for the same steps, once
-as one stacked ensemble (iclab.ensemble) and once one run after another (iclab.training), in this
+as one stacked ensemble (iclab.training.steps) and once one run after another, in this
 process with the same torch threads. Rates are timed between the first and the last progress
 report, so model building, optimizer set-up and the first steps (warm-up) are left out of both.
 Target on a CPU: ratio >= 0.9 (the stack does the same arithmetic; it must not cost more). On a GPU
@@ -11,8 +11,7 @@ the stack turns N kernel launches per operation into one, which is where it pays
 import time
 
 from iclab.config import load_config
-from iclab.ensemble import train_ensemble
-from iclab.training import train
+from iclab.training import train, train_runs
 
 N_MEMBERS = 8
 TARGET_RATIO = 0.9
@@ -49,7 +48,7 @@ def run(quick: bool) -> list[dict]:
     n_members, steps = (4, 30) if quick else (N_MEMBERS, 120)
     configs = _configs(n_members, steps)
     stacked_clock = _Clock()
-    train_ensemble(configs, on_log=stacked_clock)
+    train_runs(configs, progress=False, on_log=stacked_clock)
     stacked = n_members * stacked_clock.steps_per_second()
     rates = []
     for config in configs:

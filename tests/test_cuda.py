@@ -8,12 +8,11 @@ import torch
 from helpers import tiny_overrides
 
 from iclab.config import load_config
-from iclab.ensemble import train_ensemble
 from iclab.estimators.pool_posterior import DMMSE
 from iclab.estimators.regression import Ridge
 from iclab.evaluation import evaluate_model
 from iclab.families import make_task
-from iclab.training import build_model, train
+from iclab.training import build_model, train, train_runs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
@@ -48,7 +47,7 @@ def test_ensemble_runs_on_the_device():
         load_config("tiny", tiny_overrides(device='"cuda"', seed=s, n_tasks=m, steps=20))
         for s, m in ((0, 1), (1, 4))
     ]
-    members = train_ensemble(configs)
+    members = train_runs(configs)
     alone = train(configs[1], progress=False).model
     assert next(members[1].model.parameters()).device.type == "cuda"
     xs, ys = torch.randn(16, 8, 4, device="cuda"), torch.randn(16, 8, device="cuda")

@@ -43,8 +43,8 @@ def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "wall time" in printed and "Bayesian regime" in printed
     # A second call reuses the completed runs; a run without eval.json resumes from its checkpoint.
-    run_dir = SweepStore(tmp_path).run_dir(
-        load_config("tiny", [*overrides, "n_tasks=16"]).run_hash()
+    run_dir = (
+        SweepStore(tmp_path).run(load_config("tiny", [*overrides, "n_tasks=16"]).run_hash()).path
     )
     (run_dir / "eval.json").unlink()
     again = run_demo(tmp_path, (1, 16, None), overrides=overrides, workers=1, progress=False)

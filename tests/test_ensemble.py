@@ -6,9 +6,8 @@ from helpers import tiny_overrides
 
 from iclab.checkpoints import load_checkpoint
 from iclab.config import load_config
-from iclab.ensemble import ensemble_key, train_ensemble
 from iclab.models.gpt import GPT
-from iclab.training import build_model, train
+from iclab.training import build_model, ensemble_key, train, train_runs
 
 MEMBERS = [(1, 0), (4, 1), ('"inf"', 2)]  # (n_tasks, seed): different pools, data and inits
 
@@ -44,7 +43,7 @@ def test_members_equal_runs_trained_alone(grad_clip, stacked_forward, monkeypatc
     # stacked_forward False: the torch.func.vmap path that models without a member axis take.
     monkeypatch.setattr(GPT, "supports_member_axis", stacked_forward)
     configs = _configs(grad_clip=grad_clip)
-    members = train_ensemble(configs)
+    members = train_runs(configs)
     gen = torch.Generator().manual_seed(0)
     xs = torch.randn(32, 8, 4, generator=gen)
     ys = torch.randn(32, 8, generator=gen)
@@ -63,9 +62,9 @@ def test_members_equal_runs_trained_alone(grad_clip, stacked_forward, monkeypatc
 def test_ensemble_resumes_like_an_uninterrupted_ensemble(tmp_path):
     configs = _configs(checkpoint_every=20, eval_every=20)
     dirs = [tmp_path / f"stopped{i}" for i in range(3)]
-    train_ensemble(configs, dirs, stop_after=40)
-    resumed = train_ensemble(configs, dirs, resume=True)
-    whole = train_ensemble(configs, [tmp_path / f"whole{i}" for i in range(3)])
+    train_runs(configs, dirs, stop_after=40)
+    resumed = train_runs(configs, dirs, resume=True)
+    whole = train_runs(configs, [tmp_path / f"whole{i}" for i in range(3)])
     for config, a, b, run_dir in zip(configs, resumed, whole, dirs, strict=True):
         assert _max_relative_difference(a.model, b.model) < 1e-6
         # Each member's directory is a single run's: its checkpoint loads into a lone model.
@@ -86,7 +85,7 @@ def test_ensemble_key_groups_only_compatible_runs():
     assert ensemble_key(dropout) is None
     assert ensemble_key(load_config("tiny", tiny_overrides(dtype='"bfloat16"'))) is None
     with pytest.raises(ValueError, match="differ only in seed and task"):
-        train_ensemble([base, wider])
+        train_runs([base, wider])
 
 
 def test_ensemble_sweep_matches_the_plain_sweep(tmp_path):
@@ -107,7 +106,8 @@ def test_ensemble_sweep_matches_the_plain_sweep(tmp_path):
         assert len(outcome.completed) == 6 and not outcome.failed
         store = SweepStore(tmp_path / ensemble)
         results[ensemble] = {
-            run.run_hash: store.evaluation(run.run_hash)["distributions"] for run in spec.runs()
+            run.run_hash: store.run(run.run_hash).evaluation()["distributions"]
+            for run in spec.runs()
         }
     assert results["true"].keys() == results["false"].keys()
     for run_hash, distributions in results["true"].items():

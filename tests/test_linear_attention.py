@@ -11,10 +11,9 @@ from iclab.families.regression import RegressionTaskConfig
 from iclab.models import make_model
 from iclab.models.configs import LinearAttentionConfig
 from iclab.models.linear_attention import LinearAttention
-from iclab.results import read_metrics
 from iclab.seeding import make_generator
 from iclab.tasks.autoregressive import AutoregressiveTask
-from iclab.training import train
+from iclab.training import RunDirectory, train
 
 MODES = [
     ("linear", "augmented"),
@@ -137,7 +136,7 @@ def test_training_with_a_run_dir_evaluates_against_estimators(tmp_path, family):
     if family == "rotations":
         data["task"]["rotation_basis"] = "random"
     train(config_from_dict(data), run_dir=tmp_path / "run", progress=False)
-    records = read_metrics(tmp_path / "run")
+    records = RunDirectory(tmp_path / "run").metrics()
     assert [r["step"] for r in records] == [10, 20]
     evaluation = json.loads(json.dumps(records[-1]["eval"]))
     assert evaluation["n_sequences"] == 64

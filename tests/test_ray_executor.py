@@ -31,8 +31,8 @@ def test_ray_and_local_executors_give_identical_results(tmp_path):
     ray = run_sweep(spec, tmp_path / "ray", RayExecutor(cpus_per_run=1), progress=False)
     assert len(ray.completed) == len(local.completed) == 3 and not ray.failed
     for run in spec.runs():
-        a = SweepStore(tmp_path / "local").run_dir(run.run_hash)
-        b = SweepStore(tmp_path / "ray").run_dir(run.run_hash)
+        a = SweepStore(tmp_path / "local").run(run.run_hash).path
+        b = SweepStore(tmp_path / "ray").run(run.run_hash).path
         assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
         weights_a, weights_b = (
             load_file(a / "checkpoint.safetensors"),

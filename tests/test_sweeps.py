@@ -70,25 +70,25 @@ def test_bundled_sweep_specs_load():
 
 
 def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
-    import iclab.experiment
+    import iclab.training
 
     spec = load_spec(write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]"))
     doomed = spec.runs()[1].run_hash
-    real_run, trained = iclab.experiment.run, []
+    real_train, trained = iclab.training.train_runs, []
 
-    def flaky_run(config, run_dir, *args, **kwargs):
-        trained.append(config.run_hash())
-        if config.task.n_tasks == 2 and len(trained) < 4:
+    def flaky_train(configs, *args, **kwargs):
+        trained.append(configs[0].run_hash())
+        if configs[0].task.n_tasks == 2 and len(trained) < 4:
             raise RuntimeError("injected failure for this test")
-        return real_run(config, run_dir, *args, **kwargs)
+        return real_train(configs, *args, **kwargs)
 
-    monkeypatch.setattr(iclab.experiment, "run", flaky_run)
+    monkeypatch.setattr(iclab.training, "train_runs", flaky_train)
     out = tmp_path / "sweep"
     outcome = run_sweep(spec, out, LocalExecutor(), progress=False)
     store = SweepStore(out)
     assert list(outcome.failed) == [doomed] and len(outcome.completed) == 2
-    assert "injected failure for this test" in store.failure(doomed)
-    assert "Traceback" in store.failure(doomed)
+    assert "injected failure for this test" in store.run(doomed).failure()
+    assert "Traceback" in store.run(doomed).failure()
     header, rows = status_rows(out)
     assert [row[1] for row in rows] == ["complete", "failed", "complete"]
     assert "injected failure" in rows[1][header.index("true PT,Ridge")]
@@ -96,8 +96,8 @@ def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
     assert run_sweep(spec, out, progress=False).completed == [] and len(trained) == 3
     retried = run_sweep(spec, out, retry_failed=True, progress=False)
     assert retried.completed == [doomed] and trained[3:] == [doomed]
-    assert store.status(doomed) == "complete"
-    assert not (store.run_dir(doomed) / "failed.json").exists()
+    assert store.run(doomed).status() == "complete"
+    assert not (store.run(doomed).path / "failed.json").exists()
 
 
 def _launch(spec: Path, out: Path, workers: int) -> subprocess.Popen:
@@ -136,18 +136,18 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
     )
     runs = load_spec(spec).runs()
     store = SweepStore(tmp_path / "killed")
-    first, second = (store.run_dir(r.run_hash) for r in runs[:2])
+    first, second = (store.run(r.run_hash).path for r in runs[:2])
     process = _launch(spec, tmp_path / "killed", workers=1)
     try:
-        _wait_for(lambda: store.status(runs[1].run_hash) == "interrupted", process)
-        _wait_for(lambda: store.checkpoint_step(runs[1].run_hash) >= 60, process)
+        _wait_for(lambda: store.run(runs[1].run_hash).status() == "interrupted", process)
+        _wait_for(lambda: store.run(runs[1].run_hash).checkpoint_step() >= 60, process)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
-    assert store.status(runs[0].run_hash) == "complete"
-    assert store.status(runs[2].run_hash) == "pending"
-    killed_at = store.checkpoint_step(runs[1].run_hash)
+    assert store.run(runs[0].run_hash).status() == "complete"
+    assert store.run(runs[2].run_hash).status() == "pending"
+    killed_at = store.run(runs[1].run_hash).checkpoint_step()
     assert 60 <= killed_at < 600
     first_eval = (first / "eval.json").stat()
 
@@ -161,9 +161,9 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
 
     run_sweep(load_spec(spec), tmp_path / "whole", ONE_THREAD, progress=False)
     for run in runs:
-        killed = json.loads((store.run_dir(run.run_hash) / "eval.json").read_text())
+        killed = json.loads((store.run(run.run_hash).path / "eval.json").read_text())
         whole = json.loads(
-            (SweepStore(tmp_path / "whole").run_dir(run.run_hash) / "eval.json").read_text()
+            (SweepStore(tmp_path / "whole").run(run.run_hash).path / "eval.json").read_text()
         )
         assert killed["distributions"] == whole["distributions"]
 
@@ -177,7 +177,7 @@ def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path
     store = SweepStore(out)
     process = _launch(spec, out, workers=2)
     try:
-        _wait_for(lambda: all(store.checkpoint_step(r.run_hash) >= 40 for r in runs), process)
+        _wait_for(lambda: all(store.run(r.run_hash).checkpoint_step() >= 40 for r in runs), process)
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
         ).stdout.split()
@@ -189,14 +189,14 @@ def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path
     finally:
         process.kill()
         process.wait()
-    statuses = [store.status(r.run_hash) for r in runs]
+    statuses = [store.run(r.run_hash).status() for r in runs]
     assert "failed" in statuses
-    failed = [r.run_hash for r in runs if store.status(r.run_hash) == "failed"]
-    assert all("worker process died" in store.failure(h) for h in failed)
-    resumed_from = {h: store.checkpoint_step(h) for h in failed}
+    failed = [r.run_hash for r in runs if store.run(r.run_hash).status() == "failed"]
+    assert all("worker process died" in store.run(h).failure() for h in failed)
+    resumed_from = {h: store.run(h).checkpoint_step() for h in failed}
     outcome = run_sweep(load_spec(spec), out, ONE_THREAD, retry_failed=True, progress=False)
     assert sorted(outcome.completed) == sorted(failed)
-    assert all(store.status(r.run_hash) == "complete" for r in runs)
+    assert all(store.run(r.run_hash).status() == "complete" for r in runs)
     assert all(resumed_from[h] >= 20 for h in failed)
 
 
@@ -214,7 +214,7 @@ def test_results_table_and_figures(tmp_path):
         16,
     }
     row = next(r for r in rows if r["n_tasks"] == 4 and r["distribution"] == "true")
-    evaluation = SweepStore(out).evaluation(row["run"])["distributions"]["true"]
+    evaluation = SweepStore(out).run(row["run"]).evaluation()["distributions"]["true"]
     assert row["delta_PT,Ridge"] == evaluation["delta_mean"]["PT,Ridge"]
     assert row["mse_dMMSE"] == evaluation["mse_mean"]["dMMSE"]
     csv_path = write_results(out)[0]

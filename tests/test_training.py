@@ -6,9 +6,9 @@ from helpers import tiny_overrides
 
 from iclab.checkpoints import CheckpointError, load_checkpoint
 from iclab.config import apply_overrides, config_from_dict
-from iclab.results import CHECKPOINT_FILE, read_metrics
 from iclab.tasks.regression import RegressionTask
 from iclab.training import TrainingDiverged, build_model, learning_rate, train
+from iclab.training.run_directory import CHECKPOINT_FILE, RunDirectory
 
 
 def make_config(**extra):
@@ -37,8 +37,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
-    assert [r["step"] for r in read_metrics(tmp_path / "split")] == [20, 40]
-    assert read_metrics(tmp_path / "split") == read_metrics(tmp_path / "whole")
+    assert [r["step"] for r in RunDirectory(tmp_path / "split").metrics()] == [20, 40]
+    assert RunDirectory(tmp_path / "split").metrics() == RunDirectory(tmp_path / "whole").metrics()
 
 
 def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path):

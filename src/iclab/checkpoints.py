@@ -8,7 +8,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from iclab.results import atomic_write_bytes
+from iclab.files import atomic_write_bytes
 
 
 class CheckpointError(RuntimeError):

@@ -5,7 +5,7 @@ learned positional embeddings; pre-LayerNorm blocks with causal self-attention a
 width; the prediction of y_k is read from the output at the position of x_k, so it sees only the
 pairs before k and x_k.
 
-The forward also runs a stacked ensemble (iclab.ensemble): under torch.func.functional_call with
+The forward also runs a stacked ensemble (iclab.training.steps): under torch.func.functional_call with
 every parameter given a leading member axis N, and inputs (N, batch, ...), each linear layer is one
 batched matrix product with its bias fused (baddbmm) and attention sees the members as more batch.
 

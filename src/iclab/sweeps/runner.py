@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from iclab.ensemble import ensemble_key
 from iclab.families import family_of
 from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepStore
 from iclab.sweeps.worker import Job
+from iclab.training import ensemble_key
 
 
 @dataclass
@@ -29,7 +29,7 @@ def make_jobs(runs: list[SweepRun], store: SweepStore, ensemble: bool, threads: 
     groups: dict = defaultdict(list)
     for index, run in enumerate(runs):
         key = ensemble_key(run.config) if ensemble else None
-        group = (key, store.checkpoint_step(run.run_hash)) if key is not None else index
+        group = (key, store.run(run.run_hash).checkpoint_step()) if key is not None else index
         groups[group].append(run)
     return [
         Job(
@@ -60,13 +60,13 @@ def run_runs(
     outcome = SweepOutcome()
     todo = []
     for run in runs:
-        status = store.status(run.run_hash)
+        status = store.run(run.run_hash).status()
         if status == "complete" or (status == "failed" and not retry_failed):
             outcome.skipped.append(run.run_hash)
         else:
             todo.append(run)
     jobs = make_jobs(todo, store, ensemble, executor.threads_per_run)
-    steps = {run.run_hash: store.checkpoint_step(run.run_hash) for run in todo}
+    steps = {run.run_hash: store.run(run.run_hash).checkpoint_step() for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
         total=sum(total.values()),
@@ -88,11 +88,11 @@ def run_runs(
         for job, result in executor.run(jobs, on_message):
             for index, run_hash in enumerate(job.run_hashes):
                 if result.error is None:
-                    store.write_final_files(run_hash, result.files[index])
+                    store.run(run_hash).write_files(result.files[index])
                     outcome.completed.append(run_hash)
                     steps[run_hash] = total[run_hash]
                 else:
-                    store.write_failure(run_hash, result.error)
+                    store.run(run_hash).write_failure(result.error)
                     outcome.failed[run_hash] = result.error
             bar.update(sum(steps.values()) - bar.n)
             bar.set_postfix_str(f"{len(outcome.completed)} done, {len(outcome.failed)} failed")
@@ -116,21 +116,21 @@ def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
     store = SweepStore(out_dir)
     grid = store.grid_values()
     keys = list(dict.fromkeys(key for values in grid.values() for key in values))
-    configs = {run_hash: store.config(run_hash) for run_hash in grid}
+    configs = {run_hash: store.run(run_hash).config() for run_hash in grid}
     shown = list(
         dict.fromkeys(m for c in configs.values() for m in family_of(c.task).status_metrics)
     )
     header = ["run", "status", *keys, "step", *(f"{d} {pair}" for d, pair in shown)]
     rows = []
     for run_hash, values in grid.items():
-        status = store.status(run_hash)
-        config = configs[run_hash]
-        step = config.train.steps if status == "complete" else store.checkpoint_step(run_hash)
+        run = store.run(run_hash)
+        status = run.status()
+        step = configs[run_hash].train.steps if status == "complete" else run.checkpoint_step()
         metrics = [""] * len(shown)
         if status == "complete":
-            distributions = store.evaluation(run_hash)["distributions"]
+            distributions = run.evaluation()["distributions"]
             metrics = [distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown]
         elif status == "failed":
-            metrics[0] = store.failure(run_hash).strip().splitlines()[-1][:60]
+            metrics[0] = run.failure().strip().splitlines()[-1][:60]
         rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics])
     return header, rows

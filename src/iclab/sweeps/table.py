@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from iclab.families import family_of
-from iclab.results import atomic_write_text
+from iclab.files import atomic_write_text
 from iclab.sweeps.store import SweepError, SweepStore
 
 RESULTS_CSV = "results.csv"
@@ -22,9 +22,10 @@ def results_rows(out_dir: str | Path) -> list[dict]:
     store = SweepStore(out_dir)
     rows = []
     for run_hash, grid_values in store.grid_values().items():
-        if store.status(run_hash) != "complete":
+        run = store.run(run_hash)
+        if run.status() != "complete":
             continue
-        config = store.config(run_hash)
+        config = run.config()
         settings = {
             "run": run_hash,
             "family": config.task.family,
@@ -33,7 +34,7 @@ def results_rows(out_dir: str | Path) -> list[dict]:
             "seed": config.train.seed,
         }
         settings.update({k: v for k, v in grid_values.items() if k not in settings})
-        for distribution, result in store.evaluation(run_hash)["distributions"].items():
+        for distribution, result in run.evaluation()["distributions"].items():
             row = {**settings, "distribution": distribution}
             row.update({f"mse_{name}": value for name, value in result["mse_mean"].items()})
             row.update({f"delta_{pair}": value for pair, value in result["delta_mean"].items()})

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclab.config import RunConfig
-from iclab.results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE
-
-# Files a checkpoint report carries: enough to resume the run elsewhere.
-RESUME_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
+from iclab.training.run_directory import RESUME_FILES, RunDirectory
 
 
 @dataclass
@@ -37,18 +34,12 @@ class Outcome:
     error: str | None = None  # the traceback, when it failed
 
 
-def read_files(run_dir: Path, names=None) -> dict[str, bytes]:
-    """{file name: bytes} of a run directory's files (all, or those in `names` that exist)."""
-    paths = sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    return {p.name: p.read_bytes() for p in paths if names is None or p.name in names}
-
-
 def execute(job: Job, report: Callable) -> Outcome:
     """Run a job; never raises for a failing run: the traceback comes back in the Outcome."""
     import torch
 
-    from iclab.ensemble import train_ensemble
-    from iclab.experiment import finish_run, run
+    from iclab.experiment import finish_run
+    from iclab.training import train_runs
 
     hashes = job.run_hashes
     threads_before = torch.get_num_threads()
@@ -58,8 +49,7 @@ def execute(job: Job, report: Callable) -> Outcome:
             run_dirs = [Path(scratch) / run_hash for run_hash in hashes]
             for run_dir, files in zip(run_dirs, job.files, strict=True):
                 run_dir.mkdir()
-                for name, data in files.items():
-                    (run_dir / name).write_bytes(data)
+                RunDirectory(run_dir).write_files(files)
             resume = any(job.files)
 
             def on_log(done: int, _loss: float) -> None:
@@ -68,17 +58,12 @@ def execute(job: Job, report: Callable) -> Outcome:
 
             def on_checkpoint(_step: int) -> None:
                 for run_hash, run_dir in zip(hashes, run_dirs, strict=True):
-                    report(("files", run_hash, read_files(run_dir, RESUME_FILES)))
+                    report(("files", run_hash, RunDirectory(run_dir).read_files(RESUME_FILES)))
 
-            if len(job.configs) == 1:
-                run(job.configs[0], run_dirs[0], resume, False, on_log, on_checkpoint)
-            else:
-                results = train_ensemble(
-                    job.configs, run_dirs, resume, on_log=on_log, on_checkpoint=on_checkpoint
-                )
-                for config, run_dir, result in zip(job.configs, run_dirs, results, strict=True):
-                    finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
-            return Outcome(files=[read_files(run_dir) for run_dir in run_dirs])
+            results = train_runs(job.configs, run_dirs, resume, False, None, on_log, on_checkpoint)
+            for config, run_dir, result in zip(job.configs, run_dirs, results, strict=True):
+                finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+            return Outcome(files=[RunDirectory(run_dir).read_files() for run_dir in run_dirs])
     except Exception:
         return Outcome(error=traceback.format_exc())
     finally:

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import torch
 
-from iclab.checkpoints import load_checkpoint
-from iclab.config import ConfigError, load_config
+from iclab.config import ConfigError
 from iclab.families import make_task
 from iclab.families.autoregressive import AutoregressiveTaskConfig
+from iclab.files import write_json
 from iclab.models.diagonal_attention import DiagonalAttention
 from iclab.models.linear_attention import LinearAttention
-from iclab.results import CHECKPOINT_FILE, CONFIG_FILE, write_json
 from iclab.studies.autoregressive.figures import (
     plot_diagonal_parameters,
     plot_eta_per_position,
@@ -30,7 +29,7 @@ from iclab.studies.autoregressive.weights import (
     weight_structure,
 )
 from iclab.tasks.autoregressive import AutoregressiveTask
-from iclab.training import build_model
+from iclab.training import RunDirectory, build_model
 
 ANALYSIS_FILE = "analysis.json"
 
@@ -105,7 +104,8 @@ def analyze_run(
     """Analyse the checkpoint of an autoregressive run directory; writes analysis.json (tensors as
     lists, complex ones as moduli) and the figures there. Returns the JSON-ready result."""
     run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
+    run = RunDirectory(run_dir)
+    config = run.config()
     if not isinstance(config.task, AutoregressiveTaskConfig):
         raise ConfigError(
             f"task.family = {config.task.family!r} in {str(run_dir)!r} is not allowed: "
@@ -113,11 +113,11 @@ def analyze_run(
         )
     device = torch.device("cpu")
     model = build_model(config, device)
-    load_checkpoint(run_dir / CHECKPOINT_FILE, model)
+    run.load_checkpoint(model)
     task = make_task(config.task, device)
     result = analyze_model(model, task, n_sequences, config.eval.eval_seed, minimiser_steps)
     if figures:
         result["figures"] = [path.name for path in write_figures(result, run_dir)]
     ready = _jsonable(result)
-    write_json(run_dir / ANALYSIS_FILE, ready)
+    write_json(run.file(ANALYSIS_FILE), ready)
     return ready

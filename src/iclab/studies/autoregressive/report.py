@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from iclab.results import atomic_write_text
+from iclab.files import atomic_write_text
 from iclab.studies.autoregressive.parts import SMALL_INIT, Check
 
 REPORT_FILE = "report.md"

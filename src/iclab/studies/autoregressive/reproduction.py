@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from iclab.results import write_json
+from iclab.files import write_json
 from iclab.studies.autoregressive.figures import plot_head_cosines
 from iclab.studies.autoregressive.parts import (
     Check,

@@ -7,11 +7,11 @@ analysis figures); finished runs are reused (and re-analysed), unfinished ones r
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iclab.config import RunConfig, config_from_dict, load_config
+from iclab.config import RunConfig, config_from_dict
 from iclab.experiment import run
-from iclab.results import CONFIG_FILE, EVAL_FILE, read_metrics
 from iclab.studies.autoregressive.analysis import analyze_run
 from iclab.studies.autoregressive.figures import plot_training_vs_estimators
+from iclab.training import RunDirectory
 
 if TYPE_CHECKING:  # type hints only: reproduction imports this module
     from iclab.studies.autoregressive.reproduction import Settings
@@ -75,9 +75,10 @@ def pe_config(mu: float, s: "Settings") -> RunConfig:
 
 def train_and_analyze(config: RunConfig, run_dir: Path, s: "Settings", progress: bool) -> dict:
     """Train (or resume) and evaluate a run unless it is finished, then (re)analyse it."""
-    finished = all((run_dir / name).exists() for name in (CONFIG_FILE, EVAL_FILE))
-    if not finished or load_config(run_dir / CONFIG_FILE).run_hash() != config.run_hash():
+    directory = RunDirectory(run_dir)
+    finished = directory.status() == "complete"
+    if not finished or directory.config().run_hash() != config.run_hash():
         # A different config in run_dir raises ConfigError: nothing is overwritten.
-        run(config, run_dir, resume=(run_dir / CONFIG_FILE).exists(), progress=progress)
-    plot_training_vs_estimators(read_metrics(run_dir), run_dir / "training.png", run_dir.name)
+        run(config, run_dir, resume=directory.has_config(), progress=progress)
+    plot_training_vs_estimators(directory.metrics(), directory.file("training.png"), run_dir.name)
     return analyze_run(run_dir, s.eval_sequences, minimiser_steps=s.minimiser_steps)

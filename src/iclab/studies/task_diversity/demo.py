@@ -134,7 +134,8 @@ def run_demo(
         raise SweepError(f"demo runs failed, see `iclab status {out_dir}`: {outcome.failed}")
     store = SweepStore(out_dir)
     evaluations = {
-        m: store.evaluation(run.run_hash) for m, run in zip(task_diversities, runs, strict=True)
+        m: store.run(run.run_hash).evaluation()
+        for m, run in zip(task_diversities, runs, strict=True)
     }
     rows = [summarize(m, evaluations[m]) for m in task_diversities]
     checks = check_regimes(rows)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from iclab.families.regression import DMMSE, DMMSE_RIDGE, PT_DMMSE, PT_RIDGE, Regression
 from iclab.plots import plt, save_figure
-from iclab.results import read_metrics
 from iclab.studies.task_diversity.threshold import read_threshold
 from iclab.sweeps.store import SweepError, SweepStore
 from iclab.sweeps.table import results_rows
@@ -79,13 +78,13 @@ def plot_sweep(
     missing = [m for m in n_tasks_shown if (batch_sizes[-1], m) not in runs]
     if missing:
         raise SweepError(f"no completed run with M in {missing} at batch size {batch_sizes[-1]}")
-    evaluations = {m: store.evaluation(runs[batch_sizes[-1], m]) for m in n_tasks_shown}
+    evaluations = {m: store.run(runs[batch_sizes[-1], m]).evaluation() for m in n_tasks_shown}
     curves = {}
     for batch_size in batch_sizes:
         curves[f"batch size {batch_size}"] = {
             m: [
                 (r["step"], r["eval"]["distributions"]["true"]["delta_mean"][PT_RIDGE])
-                for r in read_metrics(store.run_dir(runs[batch_size, m]))
+                for r in store.run(runs[batch_size, m]).metrics()
             ]
             for m in order
             if (batch_size, m) in runs

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from iclab.config import PRESETS_DIR
 from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
-from iclab.results import atomic_write_text, format_table
+from iclab.files import atomic_write_text
+from iclab.results import format_table
 from iclab.studies.task_diversity.demo import PAIR_COLUMNS, check_regimes
 from iclab.studies.task_diversity.figures import plot_sweep, task_diversity_rows
 from iclab.studies.task_diversity.threshold import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from iclab.config import ConfigError
 from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
-from iclab.results import write_json
+from iclab.files import write_json
 from iclab.sweeps.runner import run_runs
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepError, SweepStore
@@ -142,7 +142,7 @@ def find_threshold(
             raise SweepError(
                 f"threshold search: runs at M = 2^{exponent} failed; see `iclab status {out_dir}`"
             )
-        true = [store.evaluation(run.run_hash)["distributions"]["true"] for run in runs]
+        true = [store.run(run.run_hash).evaluation()["distributions"]["true"] for run in runs]
         ok, text = judge(criterion, fraction, batch_sizes, [t["delta_mean"] for t in true])
         result.evaluations[exponent] = Evaluation(
             exponent, ok, text, [run.run_hash for run in runs]
@@ -152,7 +152,7 @@ def find_threshold(
     low, high = settings["log2_min"], settings["log2_max"]
     # Completed runs (a sweep's grid) cost nothing: bracket with them first, then bisect inside.
     for exponent in range(low, high + 1):
-        if all(store.status(run.run_hash) == "complete" for run in runs_at(exponent)):
+        if all(store.run(run.run_hash).status() == "complete" for run in runs_at(exponent)):
             holds(exponent)
     holding = [e for e, evaluation in result.evaluations.items() if evaluation.holds]
     if holding:

@@ -1,0 +1,214 @@
+"""The train loop: one run, or several runs of one model shape as a stacked ensemble, with
+periodic evaluation, checkpoints and resume. How a step is taken is the step strategy's
+(training/steps.py); everything around it is shared.
+
+Determinism: the initial weights come from (seed, INIT_STREAM) and the batch of step n from
+(seed, n), and the learning rate is a function of the step, so a run stopped after a checkpoint and
+resumed (`resume=True`) reaches the same final weights as an uninterrupted run on the same device.
+Each member of an ensemble keeps its own run directory in the format of a single run.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from iclab.config import RunConfig
+from iclab.evaluation import evaluate_model
+from iclab.families import make_task
+from iclab.training.optimization import (
+    build_model,
+    build_optimizer,
+    learning_rate,
+    resolve_device,
+    reuse_freed_memory,
+)
+from iclab.training.run_directory import RunDirectory
+from iclab.training.steps import SingleStep, StackedStep, ensemble_key
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    task: object
+    final_loss: float
+    steps_per_second: float
+
+
+def evaluate_as_configured(model, task, config: RunConfig, n_sequences: int) -> dict:
+    """evaluate_model on n_sequences with the run's evaluation seed and batch size."""
+    return evaluate_model(
+        model,
+        task,
+        n_sequences,
+        seed=config.eval.eval_seed,
+        batch_size=config.eval.eval_batch_size,
+    )
+
+
+def record_evaluation(
+    run: RunDirectory, model, task, config: RunConfig, done: int, loss: float
+) -> None:
+    """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl."""
+    evaluation = evaluate_as_configured(model, task, config, config.train.eval_sequences)
+    lr = learning_rate(config.train, done - 1)
+    run.append_metrics({"step": done, "train_loss": loss, "lr": lr, "eval": evaluation})
+
+
+def _resume(runs: list[RunDirectory], models, optimizers) -> int:
+    """Load every run's checkpoint (all or none must have one, at one step); the step to go on."""
+    found = [run.has_checkpoint() for run in runs]
+    if not any(found):
+        return 0
+    if not all(found):
+        raise ValueError("some ensemble members have a checkpoint and some do not")
+    steps = {
+        run.load_checkpoint(model, optimizer)
+        for run, model, optimizer in zip(runs, models, optimizers, strict=True)
+    }
+    if len(steps) != 1:
+        raise ValueError(f"ensemble members resume from different steps: {steps}")
+    start = steps.pop()
+    for run in runs:
+        run.drop_metrics_after(start)
+    return start
+
+
+def _kept(runs: list[RunDirectory] | None) -> str:
+    """What a diverged run leaves behind, for its message."""
+    if runs is None:
+        return "no run directory, nothing saved"
+    kept = [str(run.path) for run in runs if run.has_checkpoint()]
+    if not kept:
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint is kept in {', '.join(repr(k) for k in kept)}"
+
+
+def train_runs(
+    configs: list[RunConfig],
+    run_dirs: list[str | Path] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_log: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> list[TrainResult]:
+    """Train one config, or several with one ensemble_key as a stacked ensemble; with run_dirs
+    (one per config) write metrics, checkpoints and config there.
+
+    stop_after: stop (after checkpointing) once this many steps are done, as an interruption would;
+    used to test that resuming equals an uninterrupted run. on_log: called with (steps done, mean
+    loss since the last call, averaged over members) every log_every steps, e.g. to report progress
+    from a worker process. on_checkpoint: called with the step after each checkpoint is written,
+    e.g. to ship the run directories' files from a worker to the sweep driver.
+    """
+    if len(configs) > 1:
+        keys = {ensemble_key(config) for config in configs}
+        if None in keys or len(keys) != 1:
+            raise ValueError(
+                "an ensemble needs runs that differ only in seed and task distribution"
+            )
+    train_config = configs[0].train
+    device = resolve_device(train_config.device)
+    if device.type == "cpu":
+        reuse_freed_memory()
+    tasks = [make_task(config.task, device) for config in configs]
+    models = [build_model(config, device) for config in configs]
+    optimizers = [build_optimizer(model, train_config) for model in models]
+    runs = None
+    start = 0
+    if run_dirs is not None:
+        runs = [RunDirectory.create(d, c, resume) for d, c in zip(run_dirs, configs, strict=True)]
+        if resume:
+            start = _resume(runs, models, optimizers)
+    if len(configs) == 1:
+        stepper = SingleStep(models[0], optimizers[0], tasks[0], configs[0], device)
+    else:
+        stepper = StackedStep(models, optimizers, tasks[0], configs[0])
+    end = train_config.steps if stop_after is None else min(stop_after, train_config.steps)
+
+    for model in models:
+        model.train()
+    loss_sums = torch.zeros(len(configs), device=device)
+    loss_count, last_losses = 0, [math.nan] * len(configs)
+    bar = tqdm(
+        total=train_config.steps,
+        initial=start,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    for step in range(start, end):
+        lr = learning_rate(train_config, step)
+        batches = [
+            task.train_batch(config.train.seed, step, train_config.batch_size)
+            for task, config in zip(tasks, configs, strict=True)
+        ]
+        loss_sums += stepper.step(batches, lr).detach()
+        loss_count += 1
+        done = step + 1
+        # Read the losses back only every log_every steps: a host-device sync per step is slow
+        # on a GPU.
+        if done % train_config.log_every == 0 or done == end:
+            last_losses = [total / loss_count for total in loss_sums.tolist()]
+            loss_sums.zero_()
+            loss_count = 0
+            if not all(math.isfinite(loss) for loss in last_losses):
+                raise TrainingDiverged(
+                    f"training loss became {last_losses if len(configs) > 1 else last_losses[0]} "
+                    f"by step {done} (lr {train_config.lr}); {_kept(runs)}"
+                )
+            mean_loss = sum(last_losses) / len(last_losses)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+            if on_log is not None:
+                on_log(done, mean_loss)
+        bar.update()
+        if runs is None:
+            continue
+        evaluate_now = done % train_config.eval_every == 0 or done == train_config.steps
+        checkpoint_now = done % train_config.checkpoint_every == 0 or done == end
+        if evaluate_now or checkpoint_now:
+            stepper.sync(lr)
+        if evaluate_now:
+            for run, model, task, config, loss in zip(
+                runs, models, tasks, configs, last_losses, strict=True
+            ):
+                record_evaluation(run, model, task, config, done, loss)
+        if checkpoint_now:
+            if not stepper.all_finite():
+                raise TrainingDiverged(f"weights became NaN/inf before step {done}; {_kept(runs)}")
+            for run, model, optimizer in zip(runs, models, optimizers, strict=True):
+                run.save_checkpoint(model, optimizer, done)
+            if on_checkpoint is not None:
+                on_checkpoint(done)
+    bar.close()
+    stepper.sync(learning_rate(train_config, end - 1))
+    steps_per_second = (end - start) / max(time.perf_counter() - started, 1e-9)
+    return [
+        TrainResult(model, task, loss, steps_per_second)
+        for model, task, loss in zip(models, tasks, last_losses, strict=True)
+    ]
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_log: Callable[[int, float], None] | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train one run (see train_runs)."""
+    run_dirs = None if run_dir is None else [run_dir]
+    results = train_runs([config], run_dirs, resume, progress, stop_after, on_log, on_checkpoint)
+    return results[0]

@@ -1,0 +1,151 @@
+"""One run is a directory, and RunDirectory is the only code that knows its layout:
+
+    config.toml               the resolved config (its hash names the run)
+    metrics.jsonl             one JSON object per periodic evaluation
+    checkpoint.safetensors    model and optimizer state and the step count
+    eval.json                 the final evaluation; written last, it marks the run complete
+    failed.json               a sweep's record of a failed attempt (removed when a retry succeeds)
+    *.png, analysis.json      figures and analyses beside them
+
+Every file is written atomically, so a killed process never leaves a half-written one behind.
+Training, evaluation, analysis and sweeps open and write runs through this class.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from iclab.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
+from iclab.config import ConfigError, RunConfig, config_to_toml, load_config
+from iclab.files import atomic_write_bytes, atomic_write_text, write_json
+
+CONFIG_FILE = "config.toml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+EVAL_FILE = "eval.json"
+FAILED_FILE = "failed.json"
+# The files a run resumes from (what a sweep worker ships back at every checkpoint).
+RESUME_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
+STATUSES = ("complete", "failed", "interrupted", "pending")
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        """The path of a file of this run (figures, analyses)."""
+        return self.path / name
+
+    # -- creation and identity -----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: RunConfig, resume: bool) -> "RunDirectory":
+        """A directory for a new run of `config`, or with `resume` the existing run of the same
+        config. Refuses to start a fresh run where one exists, so nothing is overwritten."""
+        run = cls(path)
+        if run.has_config():
+            if not resume:
+                raise ConfigError(
+                    f"run directory {str(run.path)!r} already holds a run; pass --resume to "
+                    "continue it or choose another --out"
+                )
+            existing = run.config()
+            if existing.run_hash() != config.run_hash():
+                raise ConfigError(
+                    f"cannot resume {str(run.path)!r}: its config (hash {existing.run_hash()}) "
+                    f"differs from the requested one (hash {config.run_hash()})"
+                )
+            return run
+        if resume:
+            raise ConfigError(f"cannot resume: {str(run.path / CONFIG_FILE)!r} does not exist")
+        run.write_config(config)
+        return run
+
+    def has_config(self) -> bool:
+        return (self.path / CONFIG_FILE).exists()
+
+    def config(self) -> RunConfig:
+        return load_config(self.path / CONFIG_FILE)
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_text(self.path / CONFIG_FILE, config_to_toml(config))
+
+    def status(self) -> str:
+        """One of STATUSES: complete (eval.json), failed, interrupted (a checkpoint), pending."""
+        if (self.path / EVAL_FILE).exists():
+            return "complete"
+        if (self.path / FAILED_FILE).exists():
+            return "failed"
+        if self.has_checkpoint():
+            return "interrupted"
+        return "pending"
+
+    # -- metrics -------------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        path = self.path / METRICS_FILE
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, records: list[dict]) -> None:
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        atomic_write_text(self.path / METRICS_FILE, text)
+
+    def append_metrics(self, record: dict) -> None:
+        """Add one evaluation record (rewrites the small file atomically rather than appending)."""
+        self.write_metrics([*self.metrics(), record])
+
+    def drop_metrics_after(self, step: int) -> None:
+        """On resume: records after the checkpoint's step will be written again by this run."""
+        self.write_metrics([r for r in self.metrics() if r["step"] <= step])
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT_FILE).exists()
+
+    def save_checkpoint(self, model, optimizer, step: int) -> None:
+        save_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, step)
+
+    def load_checkpoint(self, model: torch.nn.Module, optimizer=None) -> int:
+        """Restore the checkpoint into model (and optimizer); returns its step count."""
+        return load_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer)
+
+    def checkpoint_step(self) -> int:
+        """Steps done by the last checkpoint (0 without one)."""
+        return checkpoint_step(self.path / CHECKPOINT_FILE) if self.has_checkpoint() else 0
+
+    # -- evaluation and failures ---------------------------------------------------------------
+    def evaluation(self) -> dict:
+        return json.loads((self.path / EVAL_FILE).read_text())
+
+    def write_evaluation(self, evaluation: dict) -> None:
+        """Write eval.json; call it last: a run directory with eval.json is complete."""
+        write_json(self.path / EVAL_FILE, evaluation)
+
+    def failure(self) -> str:
+        return json.loads((self.path / FAILED_FILE).read_text())["traceback"]
+
+    def write_failure(self, error: str) -> None:
+        write_json(self.path / FAILED_FILE, {"traceback": error})
+
+    # -- moving runs between processes ---------------------------------------------------------
+    def read_files(self, names=None) -> dict[str, bytes]:
+        """{file name: bytes} of the run's files (all, or those of `names` that exist)."""
+        if not self.path.is_dir():
+            return {}
+        paths = sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+        return {p.name: p.read_bytes() for p in paths if names is None or p.name in names}
+
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Write files shipped from another process; eval.json last (it marks completion), and a
+        complete run no longer carries a failure record."""
+        for name, data in files.items():
+            if name != EVAL_FILE:
+                atomic_write_bytes(self.path / name, data)
+        if EVAL_FILE in files:
+            (self.path / FAILED_FILE).unlink(missing_ok=True)
+            atomic_write_bytes(self.path / EVAL_FILE, files[EVAL_FILE])

@@ -8,6 +8,8 @@ from pathlib import Path
 from iclab.checkpoints import CheckpointError
 from iclab.config import ConfigError, load_config, preset_names, resolve_config_path
 from iclab.results import format_evaluation, format_table
+from iclab.studies import STUDIES
+from iclab.studies.task_diversity.reproduction import PRESETS as TASK_DIVERSITY_PRESETS
 from iclab.sweeps.store import SweepError
 from iclab.training import TrainingDiverged
 
@@ -51,33 +53,19 @@ def _demo(args) -> int:
 
 
 def _analyze(args) -> int:
-    from iclab.studies.autoregressive.analysis import analyze_run
+    from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
 
-    result = analyze_run(args.run_dir, args.n_sequences)
-    fit = result["gd_fit"]
-    rows = [[name, fit[name]] for name in ("eta_fit", "eta_optimal", "eta_ratio", "gap_plain")]
-    rows += [[name, fit[name]] for name in ("gap_sym", "gap_sym_fit", "eta_sym", "eta_sym_ratio")]
-    rows += [[f"loss {name}", value] for name, value in fit["loss"].items()]
-    print(format_table(["one-step GD fit", "value"], rows))
-    print(f"symmetry: {fit['symmetry']}; analysis.json and figures in {args.run_dir}")
+    print(format_analysis(analyze_run(args.run_dir, args.n_sequences)))
+    print(f"analysis.json and figures in {args.run_dir}")
     return 0
 
 
 def _reproduce(args) -> int:
-    if args.study == "task-diversity":
-        from iclab.studies.task_diversity.reproduction import reproduce_task_diversity
+    from iclab.studies import reproduce
 
-        out = args.out or Path(f"task_diversity_{args.preset}_out")
-        report = reproduce_task_diversity(
-            args.preset, out, _executor(args), progress=not args.no_progress, pdf=args.pdf
-        )
-        print(report.summary)
-        print(f"report: {report.path} ({report.seconds:.0f} s)")
-        return 0
-    from iclab.studies.autoregressive.reproduction import format_checks, reproduce_autoregressive
-
-    report = reproduce_autoregressive(args.out or Path("autoregressive_out"), not args.no_progress)
-    print(format_checks(report))
+    executor = _executor(args)
+    report = reproduce(args.study, args.out, args.preset, executor, not args.no_progress, args.pdf)
+    print(report.summary)
     print(f"report: {report.path} ({report.seconds:.0f} s)")
     return 0
 
@@ -204,15 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
     demo.set_defaults(handler=_demo)
 
-    analyze = commands.add_parser("analyze", help="mechanistic checks of an autoregressive run")
+    analyze = commands.add_parser("analyze", help="what a trained run computes (see README)")
     analyze.add_argument("run_dir", type=Path)
     analyze.add_argument("--n-sequences", type=int, default=2048, help="held-out sequences")
     analyze.set_defaults(handler=_analyze)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's claims, write a report")
-    reproduce.add_argument("study", choices=["task-diversity", "autoregressive"])
+    reproduce.add_argument("study", choices=STUDIES)
     reproduce.add_argument(
-        "--preset", choices=["cpu", "small", "base"], default="cpu", help="task-diversity only"
+        "--preset", choices=TASK_DIVERSITY_PRESETS, default="cpu", help="task-diversity only"
     )
     reproduce.add_argument(
         "--out", type=Path, help="default: STUDY_out (task_diversity_PRESET_out)"

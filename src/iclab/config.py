@@ -2,8 +2,8 @@
 
 A config file has four sections, each optional (defaults below):
 
-    [task]   family = "regression" | "autoregressive" and that family's fields
-    [model]  family = "gpt" | ... and that family's fields
+    [task]   family = a registered task family (iclab.families) and its fields
+    [model]  family = a model family (iclab.models.configs) and its fields
     [train]  optimisation, seeds, device, dtype, logging
     [eval]   final evaluation set
 

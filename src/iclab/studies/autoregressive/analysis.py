@@ -16,6 +16,7 @@ from iclab.families.autoregressive import AutoregressiveTaskConfig
 from iclab.files import write_json
 from iclab.models.diagonal_attention import DiagonalAttention
 from iclab.models.linear_attention import LinearAttention
+from iclab.results import format_table
 from iclab.studies.autoregressive.figures import (
     plot_diagonal_parameters,
     plot_eta_per_position,
@@ -121,3 +122,13 @@ def analyze_run(
     ready = _jsonable(result)
     write_json(run.file(ANALYSIS_FILE), ready)
     return ready
+
+
+def format_analysis(result: dict) -> str:
+    """The one-step GD fit of analyze_run's result as a text table."""
+    fit = result["gd_fit"]
+    names = ("eta_fit", "eta_optimal", "eta_ratio", "gap_plain")
+    names += ("gap_sym", "gap_sym_fit", "eta_sym", "eta_sym_ratio")
+    rows = [[name, fit[name]] for name in names]
+    rows += [[f"loss {name}", value] for name, value in fit["loss"].items()]
+    return f"{format_table(['one-step GD fit', 'value'], rows)}\nsymmetry: {fit['symmetry']}"

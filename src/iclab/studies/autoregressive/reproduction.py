@@ -90,6 +90,14 @@ class Report:
     def all_hold(self) -> bool:
         return all(check.holds for check in self.checks)
 
+    @property
+    def summary(self) -> str:
+        """One line per check: holds / DOES NOT HOLD, name, numbers."""
+        return "\n".join(
+            f"{'holds' if c.holds else 'DOES NOT HOLD':>13}  {c.name}: {c.numbers}"
+            for c in self.checks
+        )
+
 
 def reproduce_autoregressive(
     out: str | Path, progress: bool = True, *, settings: Settings = FULL, threads: int = 1
@@ -133,11 +141,3 @@ def reproduce_autoregressive(
         numbers | {"checks": [c.__dict__ for c in checks], "settings": settings.__dict__},
     )
     return Report(path, checks, total, numbers)
-
-
-def format_checks(report: Report) -> str:
-    """One line per check: holds / DOES NOT HOLD, name, numbers."""
-    return "\n".join(
-        f"{'holds' if c.holds else 'DOES NOT HOLD':>13}  {c.name}: {c.numbers}"
-        for c in report.checks
-    )

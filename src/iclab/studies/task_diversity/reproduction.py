@@ -40,6 +40,9 @@ PAPER = {
 }
 
 
+PRESETS = tuple(PAPER)  # the bundled specs sweeps/task_diversity_PRESET.toml
+
+
 @dataclass
 class TaskDiversityReport:
     path: Path

@@ -5,8 +5,8 @@ learned positional embeddings; pre-LayerNorm blocks with causal self-attention a
 width; the prediction of y_k is read from the output at the position of x_k, so it sees only the
 pairs before k and x_k.
 
-The forward also runs a stacked ensemble (iclab.training.steps): under torch.func.functional_call with
-every parameter given a leading member axis N, and inputs (N, batch, ...), each linear layer is one
+The forward also runs a stacked ensemble (iclab.training.steps): under torch.func.functional_call
+with every parameter given a leading member axis N, and inputs (N, batch, ...), each linear layer is one
 batched matrix product with its bias fused (baddbmm) and attention sees the members as more batch.
 
 forward(xs, ys, return_hidden=True) also returns the residual stream and attention weights
@@ -98,21 +98,18 @@ class Block(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(_layer_norm(x, self.ln_attention))
+        return self._feed_forward(x + self.attention(_layer_norm(x, self.ln_attention)))
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward without a member axis, also returning the attention weights."""
+        attended, weights = self.attention.forward_with_weights(_layer_norm(x, self.ln_attention))
+        return self._feed_forward(x + attended), weights
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual MLP half of the block."""
         up, down, dropout = self.mlp[0], self.mlp[2], self.mlp[3]
         hidden = F.gelu(_linear(_layer_norm(x, self.ln_mlp), up.weight, up.bias))
         return x + dropout(_linear(hidden, down.weight, down.bias))
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward without a member axis, also returning the attention weights.
-
-        The MLP lines repeat forward's rather than sharing a helper so forward stays as it was.
-        """
-        attended, weights = self.attention.forward_with_weights(_layer_norm(x, self.ln_attention))
-        x = x + attended
-        up, down, dropout = self.mlp[0], self.mlp[2], self.mlp[3]
-        hidden = F.gelu(F.linear(_layer_norm(x, self.ln_mlp), up.weight, up.bias))
-        return x + dropout(F.linear(hidden, down.weight, down.bias)), weights
 
 
 class GPT(nn.Module):

@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from iclab.estimators import pool_posterior
-from iclab.estimators.pool_posterior import (
-    CHUNK_ELEMENTS,
-    DMMSE,
-    SmoothedDMMSE,
-    auto_chunk_size,
-)
+from iclab.estimators import pool_posterior, pool_streaming
+from iclab.estimators.pool_posterior import DMMSE, SmoothedDMMSE
+from iclab.estimators.pool_streaming import CHUNK_ELEMENTS, auto_chunk_size
 from iclab.estimators.regression import LeastSquares, Ridge
 
 B, K, D, M = 5, 6, 3, 7
@@ -229,13 +225,13 @@ def test_worker_threads_give_the_single_thread_result(index, monkeypatch):
     estimator = all_estimators(pool)[index]
     single = estimator(xs, ys)
     threads = set()
-    add = pool_posterior._RunningMean.add
+    add = pool_streaming.RunningMean.add
 
     def recording(self, *args):
         threads.add(threading.get_ident())
         return add(self, *args)
 
-    monkeypatch.setattr(pool_posterior._RunningMean, "add", recording)
+    monkeypatch.setattr(pool_streaming.RunningMean, "add", recording)
     torch.set_num_threads(2)
     try:
         torch.testing.assert_close(estimator(xs, ys), single, rtol=0, atol=0)

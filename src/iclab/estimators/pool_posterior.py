@@ -2,21 +2,25 @@
 
 Same data, call shape, dtype and device rules and notation as iclab.estimators.regression, whose
 input checks and prefix_stats they use. Both average over the pool's tasks with posterior weights,
-streaming the pool in tiles of (rows x pool chunk) energies so that memory does not grow with M:
-the tile constants and auto_chunk_size, stream_pool_mean and _RunningMean (a running log-sum-exp),
-worker threads on CPU (_map_in_workers), and DMMSE's blocks and candidate pruning for large pools
+streaming the pool in tiles of (rows x pool chunk) energies so that memory does not grow with M
+(iclab.estimators.pool_streaming); DMMSE has its own blocks and candidate pruning for large pools
 (_dmmse_block, _later_means).
 """
 
 import math
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
+from iclab.estimators.pool_streaming import (
+    LOG2_WEIGHT_FLOOR,
+    RunningMean,
+    ThreadBuffers,
+    auto_chunk_size,
+    map_in_workers,
+    pool_columns,
+    stream_pool_mean,
+)
 from iclab.estimators.regression import (
     _check_chunk_size,
     _check_inputs,
@@ -25,11 +29,6 @@ from iclab.estimators.regression import (
     prefix_stats,
 )
 
-# The pool-posterior estimators work on tiles of (rows x pool chunk) energies. Tile elements when
-# chunk_size is None: 2^19 float32 = 2 MiB. On the 2-core development machine (1 MiB L2 per core)
-# tiles of 1-4 MiB ran alike and ~1.5x faster per element than 16 MiB ones, and the ~30 torch
-# calls of a tile (0.1-0.2 ms of dispatch) stay small against its ~1.5 ms of work.
-CHUNK_ELEMENTS = 2**19
 # dMMSE tiles hold the first pairs of whole sequences: 32 sequences x 8 pairs = 256 rows at D = 8.
 SEQUENCES_PER_BLOCK = 32
 # dMMSE blocks have fewer sequences when the pool is larger than 2^20 tasks, so that the energies
@@ -38,10 +37,6 @@ STORED_ENERGIES = 2**25
 # Smoothed dMMSE rows are independent (sequence, position) pairs.
 ROWS_PER_BLOCK = 512
 
-# Weights are 2^-energy (exp2 measured 2x faster than exp on this CPU). Clamping log2-weights at
-# float32's smallest normal exponent keeps exp2 (and the products after it) out of the slow
-# subnormal range; it adds at most 2^-126 per task relative to the best one, far below resolution.
-LOG2_WEIGHT_FLOOR = -126.0
 # dMMSE drops a task from the later positions once its weight there is provably below
 # 2^-(resolution + PRUNE_EXTRA_LOG2) / M of the best task's, resolution being the float type's
 # mantissa bits (23 for float32, 52 for float64): all dropped tasks together weigh less than
@@ -52,114 +47,6 @@ PRUNE_MIN_TASKS = 2**17
 # and the bound comes from the BEST_GROUPS groups with the lowest energies (see _later_means).
 CANDIDATE_GROUP = 4
 BEST_GROUPS = 16
-
-
-def auto_chunk_size(n_rows: int, n_tasks: int) -> int:
-    """Pool rows per chunk so that n_rows * chunk stays near CHUNK_ELEMENTS (at least 1)."""
-    return max(1, min(n_tasks, CHUNK_ELEMENTS // max(1, n_rows)))
-
-
-def stream_pool_mean(
-    pool: Tensor,
-    row_features: Tensor,
-    chunk_features: Callable[[Tensor], Tensor],
-    block_rows: int,
-    chunk_size: int | None = None,
-) -> Tensor:
-    """Posterior means sum_i 2^-e[r, i] w_i / sum_i 2^-e[r, i] of the pool (M, D) per row r.
-
-    Energies e (log2 units, up to a constant per row) come tile by tile: for a block of
-    block_rows rows and a pool chunk c, e[rows, c] = row_features[rows] @ chunk_features(pool[c]).T,
-    with row_features (n_rows, F) and chunk_features(chunk) (len(chunk), F). _RunningMean folds
-    each tile into a running log-sum-exp per row, so memory does not grow with the pool size.
-    Returns (n_rows, D). On CPU with torch.get_num_threads() = n > 1, n worker threads
-    (_map_in_workers) each stream their share of the row blocks.
-    """
-    task_columns = _task_columns(pool)
-
-    @torch.no_grad()  # grad mode is per thread: workers start with it on
-    def stream(rows: Tensor) -> Tensor:
-        size = chunk_size or auto_chunk_size(len(rows), len(pool))
-        mean = _RunningMean(task_columns, len(rows))
-        buffer = pool.new_empty(min(size, len(pool)) * len(rows))
-        for start in range(0, len(pool), size):
-            chunk = pool[start : start + size]
-            tile = buffer[: len(rows) * len(chunk)].view(len(rows), len(chunk))
-            energies = torch.mm(rows, chunk_features(chunk).T, out=tile)
-            mean.add(energies, task_columns[:, start : start + size])
-        return mean.value()
-
-    return torch.cat(_map_in_workers(stream, row_features.split(block_rows), pool.device))
-
-
-def _map_in_workers(fn: Callable, items: list | tuple, device: torch.device) -> list:
-    """[fn(item) for item in items]; on CPU, torch.get_num_threads() worker threads take a
-    contiguous share of the items each.
-
-    The workers run single-threaded torch ops. Intra-op threads would meet at every one of the ~30
-    ops of a tile; on a loaded machine, where a thread often waits for a core, that made a 2-thread
-    run 50x slower than 1 thread. Independent workers only meet at the end.
-    """
-    workers = min(torch.get_num_threads(), len(items)) if device.type == "cpu" else 1
-    if workers <= 1:
-        return [fn(item) for item in items]
-    size = -(-len(items) // workers)
-    shares = [items[start : start + size] for start in range(0, len(items), size)]
-
-    def run(share: list | tuple) -> list:
-        return [fn(item) for item in share]
-
-    with _single_threaded_ops(), ThreadPoolExecutor(len(shares)) as executor:
-        return [out for outs in executor.map(run, shares) for out in outs]
-
-
-_THREAD_COUNT_LOCK = threading.Lock()
-
-
-@contextmanager
-def _single_threaded_ops():
-    """torch.set_num_threads(1) until exit, then the previous count. Threads started inside take
-    1 as their default, so their ops run without intra-op threads. The lock keeps concurrent
-    callers from restoring each other's 1."""
-    with _THREAD_COUNT_LOCK:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-
-def _task_columns(pool: Tensor) -> Tensor:
-    """(D + 1, M): column i is [w_i, 1], so that [x, -y] . [w, 1] = w.x - y."""
-    return torch.cat([pool.T, pool.new_ones(1, len(pool))])
-
-
-class _RunningMean:
-    """Weighted means of the pool's tasks for n_rows rows, from tiles of energies (log2 units).
-
-    Keeps per row the lowest energy so far and the sums of 2^(lowest - energy_i) [w_i, 1], so
-    the best task has weight 1 and nothing overflows; tiles are folded in as they come.
-    """
-
-    def __init__(self, task_columns: Tensor, n_rows: int):
-        self.lowest = task_columns.new_full((n_rows,), math.inf)
-        self.sums = task_columns.new_zeros(len(task_columns), n_rows)
-
-    def add(self, energies: Tensor, task_columns: Tensor) -> None:
-        """Folds in energies (n_rows, chunk) of the tasks task_columns (D + 1, chunk) (see
-        _task_columns); the energies are overwritten."""
-        lowest = torch.minimum(self.lowest, energies.amin(1))
-        # Rescale the sums so far to the new reference; on the first tile 2^-inf = 0.
-        decay = torch.exp2(lowest - self.lowest)
-        weights = torch.sub(lowest[:, None], energies, out=energies)
-        weights.clamp_(min=LOG2_WEIGHT_FLOOR).exp2_()
-        self.sums.mul_(decay).addmm_(task_columns, weights.T)
-        self.lowest = lowest
-
-    def value(self) -> Tensor:
-        """(n_rows, D) weighted means."""
-        return (self.sums[:-1] / self.sums[-1]).T
 
 
 class _PoolPosterior:
@@ -220,21 +107,21 @@ class DMMSE(_PoolPosterior):
         n_dense = min(n_points - 1, max(1, n_dims - 1)) if pruning else n_points - 1
         resolution = -math.log2(torch.finfo(pool.dtype).eps)  # mantissa bits
         margin = resolution + PRUNE_EXTRA_LOG2 + math.log2(len(pool))
-        task_columns = _task_columns(pool)
+        task_columns = pool_columns(pool)
         # Candidates are gathered as rows: one cache line each, against D + 1 for columns.
         task_rows = task_columns.T.contiguous()
         # A block keeps E_a of all its sequences and tasks: at most about STORED_ENERGIES.
         block_size = max(1, min(SEQUENCES_PER_BLOCK, STORED_ENERGIES // len(pool)))
         n_blocks = -(-batch // block_size)
         blocks = pairs.split(-(-batch // n_blocks))  # even sizes, at most block_size
-        store = _ThreadBuffers()
+        store = ThreadBuffers()
 
         def block_means(block: Tensor) -> Tensor:
             return _dmmse_block(
                 task_columns, task_rows, block, n_dense, margin, self.chunk_size, store
             )
 
-        w_bar = torch.cat(_map_in_workers(block_means, blocks, pool.device))
+        w_bar = torch.cat(map_in_workers(block_means, blocks, pool.device))
         preds[:, 1:] = (xs_c[:, 1:] * w_bar).sum(-1)
         return preds.to(xs.dtype)
 
@@ -258,15 +145,16 @@ def _dmmse_block(
     n_dense: int,
     margin: float,
     chunk_size: int | None,
-    store: "_ThreadBuffers",
+    store: "ThreadBuffers",
 ) -> Tensor:
     """Posterior means (n_seq, P, D) of the pool after pairs 1..P, for pairs (n_seq, P, D + 1).
 
-    task_columns is _task_columns(pool) and task_rows its transpose; pairs holds the scaled [x_j, -y_j], so that
+    task_columns is pool_columns(pool) and task_rows its transpose; pairs holds the scaled
+    [x_j, -y_j], so that
     pairs . [w, 1] is a residual whose square is an energy in log2 units. Prefixes 1..n_dense are
     weighted densely: per pool chunk, one matrix product gives the residuals of pairs 0..n_dense
     (a tile of (pair-major rows, chunk), so pair j of all sequences is one slab),
-    _prefix_energies sums them, and _RunningMean folds slabs 0..n_dense - 1 in. Slab n_dense, the
+    _prefix_energies sums them, and RunningMean folds slabs 0..n_dense - 1 in. Slab n_dense, the
     energies after a = n_dense + 1 pairs, is kept for all tasks; _later_means then weights each
     sequence's candidates at prefixes a..P. store lends the thread's reusable buffers.
     """
@@ -277,7 +165,7 @@ def _dmmse_block(
     rows = pairs[:, :n_slabs].transpose(0, 1).reshape(n_slabs * n_seq, n_features)
     n_dense_rows = n_dense * n_seq
     chunk_size = chunk_size or auto_chunk_size(len(rows), n_tasks)
-    dense = _RunningMean(task_columns, n_dense_rows)
+    dense = RunningMean(task_columns, n_dense_rows)
     buffer = store.get(task_columns, (len(rows) * min(chunk_size, n_tasks),), "tile")
     # Energies at prefix a, (n_seq, tasks), padded with +inf to whole groups of CANDIDATE_GROUP.
     n_groups = -(-n_tasks // CANDIDATE_GROUP) if pruned else 0
@@ -353,20 +241,6 @@ def _energies(task_rows: Tensor, energy_at_a: Tensor, later_pairs: Tensor) -> Te
     energies[0] = energy_at_a
     torch.mm(later_pairs, task_rows.T, out=energies[1:]).square_()
     return energies.cumsum_(0)
-
-
-class _ThreadBuffers(threading.local):
-    """Buffers reused by the calls of one thread: fresh large tensors cost page faults on first
-    touch, measured at ~20 ms per 32 MiB here."""
-
-    def get(self, like: Tensor, shape: tuple[int, ...], name: str = "") -> Tensor:
-        """An uninitialised tensor of shape, like's dtype and device, reused for the same name."""
-        numel = math.prod(shape)
-        key = (name, like.dtype, like.device)
-        buffers = self.__dict__.setdefault("buffers", {})
-        if key not in buffers or buffers[key].numel() < numel:
-            buffers[key] = like.new_empty(numel)
-        return buffers[key][:numel].view(shape)
 
 
 class SmoothedDMMSE(_PoolPosterior):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from iclab.families import default_family, family_named, family_of
 from iclab.models.configs import MODEL_CONFIGS
-from iclab.validation import ConfigError, identity_fields, require
+from iclab.validation import ConfigError, identity_fields, require, require_finite
 
 INFINITE_TASKS = "inf"
 
@@ -110,6 +110,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
+        for section in SECTIONS:
+            require_finite(getattr(self, section), section)
         family_of(self.task).check_model(self.model, self.task)
 
     def to_dict(self) -> dict:
@@ -148,7 +150,7 @@ def _coerce(name: str, value, annotation):
     if type(None) in options:  # only n_tasks-like "int | None" fields: None means infinite
         if value is None or (isinstance(value, str) and value.lower() in ("inf", "infinity")):
             return None
-        if isinstance(value, float) and math.isinf(value):
+        if isinstance(value, float) and value == math.inf:  # TOML's inf; -inf is not allowed
             return None
         annotation = next(t for t in options if t is not type(None))
         expected = 'an integer, or "inf"'
@@ -165,7 +167,8 @@ def _coerce(name: str, value, annotation):
     elif annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
-        ok = ok and not math.isnan(value)
+        expected = "a finite number"
+        ok = ok and math.isfinite(value)
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -187,16 +190,36 @@ def _build_section(section: str, values: dict):
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict) -> RunConfig:
-    """Build and validate a RunConfig from nested {section: {key: value}}."""
+def check_sections(data: dict, where: str = "") -> None:
+    """Raise ConfigError unless data is {known section: table}; `where` names the source."""
     for section, values in data.items():
         if section not in SECTIONS:
             raise ConfigError(
-                f"unknown section [{section}]; allowed sections: {', '.join(SECTIONS)}"
+                f"unknown section [{section}]{where}; allowed sections: {', '.join(SECTIONS)}"
             )
         if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table of key = value pairs, got {values!r}")
+            raise ConfigError(
+                f"[{section}]{where} must be a table of key = value pairs, got {values!r}"
+            )
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a RunConfig from nested {section: {key: value}}."""
+    check_sections(data)
     return RunConfig(**{s: _build_section(s, data.get(s, {})) for s in SECTIONS})
+
+
+def _parse_float(literal: str) -> float | str:
+    """TOML floats; a finite literal that overflows (1e400) stays its text, so validation rejects
+    it instead of reading it as infinity (only inf, +inf and -inf are written infinities)."""
+    value = float(literal)
+    if math.isinf(value) and literal.lstrip("+-") != "inf":
+        return literal
+    return value
+
+
+def _parse_toml(text: str) -> dict:
+    return tomllib.loads(text, parse_float=_parse_float)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -205,7 +228,7 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"override {text!r} is not allowed: write it as key=value")
     key, raw = (part.strip() for part in text.split("=", 1))
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        value = _parse_toml(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
     return key, value
@@ -265,14 +288,20 @@ def read_toml(path: str | Path) -> dict:
             f"config file {str(path)!r} does not exist (presets: {', '.join(preset_names())})"
         )
     try:
-        return tomllib.loads(path.read_text())
+        return _parse_toml(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid TOML: it is not UTF-8 text"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a TOML config file (or a preset name), apply `key=value` overrides, validate."""
-    return config_from_dict(apply_overrides(read_toml(path), list(overrides)))
+    data = read_toml(path)
+    check_sections(data, f" in config file {str(resolve_config_path(path))!r}")
+    return config_from_dict(apply_overrides(data, list(overrides)))
 
 
 def _toml_ready(data: dict) -> dict:

@@ -6,6 +6,7 @@ what is allowed.
 """
 
 import dataclasses
+import math
 
 
 class ConfigError(ValueError):
@@ -16,6 +17,17 @@ def require(condition: bool, name: str, value, allowed: str) -> None:
     """Raise ConfigError("NAME = VALUE is not allowed: ALLOWED") unless condition holds."""
     if not condition:
         raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
+
+
+def require_finite(instance, section: str) -> None:
+    """Every float field of a config dataclass is finite (inf and nan are never a setting; an
+    infinite task diversity is n_tasks = None)."""
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{section}.{f.name} = {value!r} is not allowed: expected a finite number"
+            )
 
 
 # Run identity. A run's directory is named by a hash of its resolved config. A field added after

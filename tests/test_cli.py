@@ -85,6 +85,33 @@ def test_console_script_lists_presets():
     script = Path(sys.executable).with_name("iclab")
     listing = subprocess.run([script, "presets"], capture_output=True, text=True, check=True)
     assert all(name in listing.stdout for name in ("base", "small", "tiny"))
+    assert all(f"autoregressive-{m}" in listing.stdout for m in ("linear", "diagonal", "pe-only"))
+
+
+@pytest.mark.parametrize(
+    "preset", ["autoregressive-linear", "autoregressive-diagonal", "autoregressive-pe-only"]
+)
+def test_autoregressive_presets_train_and_analyze_through_the_console_script(tmp_path, preset):
+    """A newcomer's path: train a bundled autoregressive preset, then `iclab analyze` it."""
+    script = Path(sys.executable).with_name("iclab")
+    out = tmp_path / "run"
+    small = [
+        "steps=20",
+        "eval_every=10",
+        "checkpoint_every=10",
+        "eval_sequences=64",
+        "n_sequences=64",
+    ]
+    overrides = [arg for value in small for arg in ("--set", value)]
+    train = [script, "train", preset, *overrides, "--out", out, "--no-progress"]
+    subprocess.run(train, capture_output=True, text=True, check=True)
+    assert (out / "eval.json").exists()
+    analyzed = subprocess.run(
+        [script, "analyze", out, "--n-sequences", "64"], capture_output=True, text=True, check=True
+    )
+    assert "one-step GD fit" in analyzed.stdout
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["gd_fit"]["eta_optimal"] > 0 and 0 <= analysis["gd_fit"]["gap_plain"]
 
 
 def test_demo_exit_status_says_whether_the_regimes_hold(monkeypatch, tmp_path):

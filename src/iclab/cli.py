@@ -38,9 +38,10 @@ def _presets(args) -> int:
     rows = []
     for name in preset_names():
         config = load_config(name)
-        m, t = config.model, config.train
-        shape = f"{m.family} {getattr(m, 'n_layers', '')}x{getattr(m, 'n_embd', '')}"
-        rows.append([name, config.task.family, shape, t.batch_size, t.steps, t.lr])
+        t = config.train
+        rows.append(
+            [name, config.task.family, config.model.describe(), t.batch_size, t.steps, t.lr]
+        )
     print(format_table(["preset", "task", "model", "batch", "steps", "lr"], rows))
     return 0
 

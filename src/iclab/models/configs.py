@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from iclab.validation import require
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """Decoder-only GPT-2 style transformer over interleaved (x, y) tokens."""
@@ -15,6 +19,9 @@ class GPTConfig:
     n_embd: int = 64
     n_heads: int = 2
     dropout: float = 0.0
+
+    def describe(self) -> str:
+        return f"gpt {self.n_layers}x{self.n_embd}, {_count(self.n_heads, 'head')}"
 
     def __post_init__(self):
         require(self.n_layers >= 1, "model.n_layers", self.n_layers, "an integer >= 1")
@@ -52,6 +59,12 @@ class LinearAttentionConfig:
     n_embd: int = 0
     init_std: float = 0.02
 
+    def describe(self) -> str:
+        if self.attention == "pe_only":
+            return "linear_attention, positions only"
+        layers, heads = _count(self.n_layers, "layer"), _count(self.n_heads, "head")
+        return f"linear_attention {self.attention}, {self.tokens} tokens, {layers}, {heads}"
+
     def __post_init__(self):
         require(
             self.attention in ATTENTIONS, "model.attention", self.attention, f"one of {ATTENTIONS}"
@@ -84,6 +97,9 @@ class DiagonalAttentionConfig:
     family: str = "diagonal_attention"
     n_heads: int = 1
     init_std: float = 0.1
+
+    def describe(self) -> str:
+        return f"diagonal_attention, {_count(self.n_heads, 'head')}"
 
     def __post_init__(self):
         require(self.n_heads >= 1, "model.n_heads", self.n_heads, "an integer >= 1")

@@ -43,8 +43,10 @@ def test_train_then_eval_end_to_end(config_file, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Delta PT,Ridge" in printed and "MSE/D dMMSE" in printed
 
+    final = (out / "eval.json").read_bytes()
     assert main(["eval", str(out), "--n-sequences", "256"]) == 0
-    assert json.loads((out / "eval.json").read_text())["n_sequences"] == 256
+    assert json.loads((out / "reevaluation.json").read_text())["n_sequences"] == 256
+    assert (out / "eval.json").read_bytes() == final  # the run's own result is never replaced
 
 
 @pytest.mark.parametrize(

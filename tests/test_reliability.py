@@ -95,3 +95,72 @@ def test_a_sweep_base_of_random_bytes_names_the_file(tmp_path, capsys):
     code, text = run_cli(["sweep", str(spec), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "base.toml" in text and "not UTF-8" in text
     assert snapshot(tmp_path) == before
+
+
+TINY = ["--set", "steps=4", "--set", "n_sequences=64", "--set", "eval_sequences=32"]
+
+
+@pytest.mark.parametrize("kind", ["file", "foreign directory", "under a file", "unwritable"])
+def test_output_paths_that_cannot_hold_a_run_are_refused(tmp_path, capsys, kind):
+    (tmp_path / "a_file").write_text("not a run")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "eval.json").write_text("someone else's results")
+    out = {
+        "file": tmp_path / "a_file",
+        "foreign directory": tmp_path / "foreign",
+        "under a file": tmp_path / "a_file" / "run",
+        "unwritable": Path("/proc/iclab-test-run"),  # root ignores permissions; /proc does not
+    }[kind]
+    before = snapshot(tmp_path)
+    code, text = run_cli(["train", "tiny", *TINY, "--out", str(out), "--no-progress"], capsys)
+    assert code == 2
+    assert "Traceback" not in text
+    assert [line for line in text.splitlines() if line.startswith("iclab:")]
+    assert snapshot(tmp_path) == before
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path, capsys):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, text = run_cli(
+        ["train", "tiny", "--set", "device=cuda", "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 2 and "train.device = 'cuda'" in text
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "RUN", "--n-sequences", "-5"],
+        ["eval", "RUN", "--n-sequences", "0"],
+        ["analyze", "RUN", "--n-sequences", "0"],
+        ["sweep", "spec.toml", "--out", "OUT", "--workers", "0"],
+        ["sweep", "spec.toml", "--out", "OUT", "--threads-per-run", "0"],
+        ["sweep", "spec.toml", "--out", "OUT", "--gpus-per-run", "nan"],
+        ["plot", "OUT", "--m", "abc"],
+    ],
+)
+def test_bad_command_line_values_are_refused_before_any_work(tmp_path, capsys, args):
+    args = [str(tmp_path / a) if a in ("RUN", "OUT", "spec.toml") else a for a in args]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "is not allowed" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
+    import iclab.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(iclab.cli, "_presets", interrupted)
+    code, text = run_cli(["presets"], capsys)
+    assert code == 130
+    assert "interrupted" in text and "--resume" in text and "Traceback" not in text

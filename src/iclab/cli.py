@@ -1,6 +1,7 @@
 """`iclab` command line: parses arguments, calls the library, prints. No science here."""
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from iclab.sweeps.store import SweepError
 from iclab.training import TrainingDiverged
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # the shell convention for SIGINT
 
 
 def _train(args) -> int:
@@ -30,7 +32,9 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from iclab.experiment import evaluate_run
 
-    print(format_evaluation(evaluate_run(args.run_dir, args.n_sequences)))
+    evaluation, path = evaluate_run(args.run_dir, args.n_sequences)
+    print(format_evaluation(evaluation))
+    print(f"written to {path} (the run's eval.json is kept)")
     return 0
 
 
@@ -119,8 +123,7 @@ def _results(args) -> int:
 def _plot(args) -> int:
     from iclab.studies.task_diversity.figures import plot_sweep
 
-    shown = [None if m == "inf" else int(m) for m in args.m] if args.m else None
-    for path in plot_sweep(args.out, shown, pdf=args.pdf):
+    for path in plot_sweep(args.out, args.m, pdf=args.pdf):
         print(f"wrote {path}")
     return 0
 
@@ -154,17 +157,60 @@ def _bench(arguments: list[str]) -> int:
     return bench_main(arguments)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected an integer >= 1")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a number > 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:  # false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a number in [0, 1]")
+    return value
+
+
+def _task_diversity(text: str) -> int | None:
+    """M: an integer >= 1, or inf (None)."""
+    return None if text == "inf" else _positive_int(text)
+
+
 def _add_executor_options(parser) -> None:
     parser.add_argument("--executor", choices=["local", "ray"], default="local")
     parser.add_argument(
-        "--workers", type=int, help="local worker processes (default: 1; reproduce: one per core)"
+        "--workers",
+        type=_positive_int,
+        help="local worker processes (default: 1; reproduce: one per core)",
     )
     parser.add_argument(
-        "--threads-per-run", type=int, help="local: torch threads per run (default: cores/workers)"
+        "--threads-per-run",
+        type=_positive_int,
+        help="local: torch threads per run (default: cores/workers)",
     )
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    parser.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs per run")
-    parser.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPU fraction per run")
+    parser.add_argument(
+        "--cpus-per-run", type=_positive_number, default=1, help="Ray: CPUs per run"
+    )
+    parser.add_argument(
+        "--gpus-per-run", type=_fraction, default=0, help="Ray: GPU fraction per run"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a run directory's checkpoint")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--n-sequences", type=int, help="default: the run's eval.n_sequences")
+    evaluate.add_argument(
+        "--n-sequences", type=_positive_int, help="default: the run's eval.n_sequences"
+    )
     evaluate.set_defaults(handler=_eval)
 
     presets = commands.add_parser("presets", help="list the preset configs")
@@ -195,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser("analyze", help="what a trained run computes (see README)")
     analyze.add_argument("run_dir", type=Path)
-    analyze.add_argument("--n-sequences", type=int, default=2048, help="held-out sequences")
+    analyze.add_argument(
+        "--n-sequences", type=_positive_int, default=2048, help="held-out sequences"
+    )
     analyze.set_defaults(handler=_analyze)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's claims, write a report")
@@ -229,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="draw the paper's figures from a sweep")
     plot.add_argument("out", type=Path, help="the sweep directory")
-    plot.add_argument("--m", nargs="+", help="M values for the per-position figure (or inf)")
+    plot.add_argument(
+        "--m", nargs="+", type=_task_diversity, help="M values for the per-position figure (or inf)"
+    )
     plot.add_argument("--pdf", action="store_true", help="also save figures as PDF")
     plot.set_defaults(handler=_plot)
 
@@ -259,9 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"iclab: config error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as error:  # a path that cannot be read or written: full disk, permissions
+        where = f": {error.filename!r}" if error.filename else ""
+        print(f"iclab: {error.strerror or error}{where}", file=sys.stderr)
+        return USAGE_ERROR
     except (CheckpointError, TrainingDiverged, SweepError) as error:
         print(f"iclab: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "\niclab: interrupted; completed runs and the last checkpoints are kept: run the "
+            "same command again (iclab train: with --resume) to continue",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from iclab.training import (
 )
 
 MSE_FIGURE = "mse_per_position.png"
+REEVALUATION_FIGURE = "reevaluation_mse_per_position.png"
 
 
 def run(
@@ -39,31 +40,31 @@ def run(
     return finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
 
 
-def finish_run(
-    config: RunConfig,
-    run_dir,
-    model,
-    task,
-    steps_per_second: float | None = None,
-    n_sequences: int | None = None,
-) -> dict:
-    """Evaluate a trained model on n_sequences (default config.eval's), draw its per-position
-    figure and write eval.json last: a run directory with eval.json is complete."""
-    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
-    if steps_per_second is not None:
-        evaluation["steps_per_second"] = steps_per_second
+def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float) -> dict:
+    """Evaluate a trained model on config.eval, draw its per-position figure and write eval.json
+    last: a run directory with eval.json is complete."""
+    evaluation = evaluate_as_configured(model, task, config, config.eval.n_sequences)
+    evaluation["steps_per_second"] = steps_per_second
     run = RunDirectory(run_dir)
-    titles = family_of(config.task).distribution_titles
-    plot_mse_per_position(evaluation, run.file(MSE_FIGURE), titles)
+    _plot(config, evaluation, run.file(MSE_FIGURE))
     run.write_evaluation(evaluation)
     return evaluation
 
 
-def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> dict:
-    """Re-evaluate the checkpoint of a run directory and (re)write its eval.json."""
+def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> tuple[dict, Path]:
+    """Re-evaluate the checkpoint of a run directory on n_sequences (default: the run's
+    eval.n_sequences). Written beside the run's own results, never over them:
+    reevaluation.json and its figure. Returns the evaluation and the path written."""
     run = RunDirectory(run_dir)
     config = run.config()
     device = resolve_device(config.train.device)
     model = build_model(config, device)
     run.load_checkpoint(model)
-    return finish_run(config, run_dir, model, make_task(config.task, device), None, n_sequences)
+    task = make_task(config.task, device)
+    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
+    _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
+    return evaluation, run.write_reevaluation(evaluation)
+
+
+def _plot(config: RunConfig, evaluation: dict, path: Path) -> None:
+    plot_mse_per_position(evaluation, path, family_of(config.task).distribution_titles)

@@ -5,7 +5,9 @@ periodic evaluation, checkpoints and resume. How a step is taken is the step str
 Determinism: the initial weights come from (seed, INIT_STREAM) and the batch of step n from
 (seed, n), and the learning rate is a function of the step, so a run stopped after a checkpoint and
 resumed (`resume=True`) reaches the same final weights as an uninterrupted run on the same device.
-Each member of an ensemble keeps its own run directory in the format of a single run.
+Each member of an ensemble keeps its own run directory in the format of a single run. A
+checkpoint also holds the loss accumulator (sum and count since the last log, and the last logged
+losses), so that metrics.jsonl of a resumed run equals that of an uninterrupted one.
 """
 
 import math
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from iclab.checkpoints import CheckpointError
 from iclab.config import RunConfig
 from iclab.evaluation import evaluate_model
 from iclab.families import make_task
@@ -27,7 +30,7 @@ from iclab.training.optimization import (
     resolve_device,
     reuse_freed_memory,
 )
-from iclab.training.run_directory import RunDirectory
+from iclab.training.run_directory import CHECKPOINT_FILE, RunDirectory
 from iclab.training.steps import SingleStep, StackedStep, ensemble_key
 
 
@@ -63,20 +66,61 @@ def record_evaluation(
     run.append_metrics({"step": done, "train_loss": loss, "lr": lr, "eval": evaluation})
 
 
-def _resume(runs: list[RunDirectory], models, optimizers) -> int:
-    """Load every run's checkpoint (all or none must have one, at one step); the step to go on."""
+@dataclass
+class _Losses:
+    """The loss accumulator: per-member sums and their count since the last log, and the losses
+    logged last (what evaluation records carry as train_loss)."""
+
+    sums: torch.Tensor
+    count: int
+    last: list[float]
+
+    def member_state(self, index: int) -> dict:
+        """What member `index`'s checkpoint holds (exact: JSON round-trips floats)."""
+        return {"sum": self.sums[index].item(), "count": self.count, "last": self.last[index]}
+
+
+def _resume(
+    runs: list[RunDirectory], configs: list[RunConfig], models, optimizers, losses: _Losses
+) -> int:
+    """Load and verify every run's checkpoint (all or none must have one, at one step), restore
+    the loss accumulator, and only then drop the metrics records the resumed run writes again.
+    Returns the step to go on from."""
     found = [run.has_checkpoint() for run in runs]
     if not any(found):
+        for run in runs:  # training restarts at step 0 and writes every record again
+            run.drop_metrics_after(0)
         return 0
     if not all(found):
         raise ValueError("some ensemble members have a checkpoint and some do not")
-    steps = {
-        run.load_checkpoint(model, optimizer)
-        for run, model, optimizer in zip(runs, models, optimizers, strict=True)
-    }
+    infos = [
+        run.restore_checkpoint(model, optimizer, config.run_hash())
+        for run, config, model, optimizer in zip(runs, configs, models, optimizers, strict=True)
+    ]
+    steps = {info.step for info in infos}
     if len(steps) != 1:
         raise ValueError(f"ensemble members resume from different steps: {steps}")
     start = steps.pop()
+    total = configs[0].train.steps
+    for run, info in zip(runs, infos, strict=True):
+        path = str(run.file(CHECKPOINT_FILE))
+        if start > total:
+            raise CheckpointError(
+                f"checkpoint {path!r} holds step {start}, beyond train.steps = {total}"
+            )
+        if info.train_losses is not None and info.train_losses["count"] > start:
+            raise CheckpointError(
+                f"checkpoint {path!r} is corrupt: its loss count exceeds its step {start}"
+            )
+    states = [info.train_losses for info in infos]
+    if all(state is not None for state in states):
+        if len({state["count"] for state in states}) != 1:
+            raise ValueError("ensemble members resume with different loss counts")
+        sums = [state["sum"] for state in states]
+        losses.sums = torch.tensor(sums, dtype=losses.sums.dtype, device=losses.sums.device)
+        losses.count = states[0]["count"]
+        losses.last = [float(state["last"]) for state in states]
+    # else a checkpoint of the old format: the partial sums since the last log are lost
     for run in runs:
         run.drop_metrics_after(start)
     return start
@@ -123,12 +167,13 @@ def train_runs(
     tasks = [make_task(config.task, device) for config in configs]
     models = [build_model(config, device) for config in configs]
     optimizers = [build_optimizer(model, train_config) for model in models]
+    losses = _Losses(torch.zeros(len(configs), device=device), 0, [math.nan] * len(configs))
     runs = None
     start = 0
     if run_dirs is not None:
         runs = [RunDirectory.create(d, c, resume) for d, c in zip(run_dirs, configs, strict=True)]
         if resume:
-            start = _resume(runs, models, optimizers)
+            start = _resume(runs, configs, models, optimizers, losses)
     if len(configs) == 1:
         stepper = SingleStep(models[0], optimizers[0], tasks[0], configs[0], device)
     else:
@@ -137,8 +182,7 @@ def train_runs(
 
     for model in models:
         model.train()
-    loss_sums = torch.zeros(len(configs), device=device)
-    loss_count, last_losses = 0, [math.nan] * len(configs)
+    reported = losses.last  # what was last handed to on_log: the result's final_loss
     bar = tqdm(
         total=train_config.steps,
         initial=start,
@@ -153,21 +197,25 @@ def train_runs(
             task.train_batch(config.train.seed, step, train_config.batch_size)
             for task, config in zip(tasks, configs, strict=True)
         ]
-        loss_sums += stepper.step(batches, lr).detach()
-        loss_count += 1
+        losses.sums += stepper.step(batches, lr).detach()
+        losses.count += 1
         done = step + 1
         # Read the losses back only every log_every steps: a host-device sync per step is slow
-        # on a GPU.
-        if done % train_config.log_every == 0 or done == end:
-            last_losses = [total / loss_count for total in loss_sums.tolist()]
-            loss_sums.zero_()
-            loss_count = 0
-            if not all(math.isfinite(loss) for loss in last_losses):
+        # on a GPU. Stopping early (stop_after) reports the losses so far but keeps accumulating
+        # them, as an uninterrupted run would: the checkpoint carries them on.
+        log_now = done % train_config.log_every == 0 or done == train_config.steps
+        if log_now or done == end:
+            reported = [total / losses.count for total in losses.sums.tolist()]
+            if log_now:
+                losses.last = reported
+                losses.sums.zero_()
+                losses.count = 0
+            if not all(math.isfinite(loss) for loss in reported):
                 raise TrainingDiverged(
-                    f"training loss became {last_losses if len(configs) > 1 else last_losses[0]} "
+                    f"training loss became {reported if len(configs) > 1 else reported[0]} "
                     f"by step {done} (lr {train_config.lr}); {_kept(runs)}"
                 )
-            mean_loss = sum(last_losses) / len(last_losses)
+            mean_loss = sum(reported) / len(reported)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             if on_log is not None:
                 on_log(done, mean_loss)
@@ -180,14 +228,17 @@ def train_runs(
             stepper.sync(lr)
         if evaluate_now:
             for run, model, task, config, loss in zip(
-                runs, models, tasks, configs, last_losses, strict=True
+                runs, models, tasks, configs, losses.last, strict=True
             ):
                 record_evaluation(run, model, task, config, done, loss)
         if checkpoint_now:
             if not stepper.all_finite():
                 raise TrainingDiverged(f"weights became NaN/inf before step {done}; {_kept(runs)}")
-            for run, model, optimizer in zip(runs, models, optimizers, strict=True):
-                run.save_checkpoint(model, optimizer, done)
+            for index, (run, model, optimizer, config) in enumerate(
+                zip(runs, models, optimizers, configs, strict=True)
+            ):
+                state = losses.member_state(index)
+                run.save_checkpoint(model, optimizer, done, config.run_hash(), state)
             if on_checkpoint is not None:
                 on_checkpoint(done)
     bar.close()
@@ -195,7 +246,7 @@ def train_runs(
     steps_per_second = (end - start) / max(time.perf_counter() - started, 1e-9)
     return [
         TrainResult(model, task, loss, steps_per_second)
-        for model, task, loss in zip(models, tasks, last_losses, strict=True)
+        for model, task, loss in zip(models, tasks, reported, strict=True)
     ]
 
 

@@ -11,6 +11,7 @@ import torch
 from iclab.config import RunConfig, TrainConfig
 from iclab.models import make_model
 from iclab.seeding import INIT_STREAM, derive_seed
+from iclab.validation import ConfigError
 
 
 def reuse_freed_memory() -> None:
@@ -34,8 +35,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "train.device = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'"
+        raise ConfigError(
+            "train.device = 'cuda' is not allowed: no CUDA device is available here; use 'cpu' "
+            "or 'auto'"
         )
     return torch.device(name)
 

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import torch
 
-from iclab.checkpoints import checkpoint_step, load_checkpoint, save_checkpoint
+from iclab.checkpoints import (
+    CheckpointInfo,
+    checkpoint_step,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from iclab.config import ConfigError, RunConfig, config_to_toml, load_config
 from iclab.files import atomic_write_bytes, atomic_write_text, write_json
 
@@ -24,6 +29,7 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 EVAL_FILE = "eval.json"
+REEVALUATION_FILE = "reevaluation.json"
 FAILED_FILE = "failed.json"
 # The files a run resumes from (what a sweep worker ships back at every checkpoint).
 RESUME_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
@@ -62,6 +68,13 @@ class RunDirectory:
             return run
         if resume:
             raise ConfigError(f"cannot resume: {str(run.path / CONFIG_FILE)!r} does not exist")
+        if run.path.exists() and not run.path.is_dir():
+            raise ConfigError(f"run directory {str(run.path)!r} is a file; choose another --out")
+        if run.path.is_dir() and any(run.path.iterdir()):
+            raise ConfigError(
+                f"run directory {str(run.path)!r} holds files but no iclab run; choose an empty "
+                "or new directory for --out"
+            )
         run.write_config(config)
         return run
 
@@ -100,19 +113,34 @@ class RunDirectory:
         self.write_metrics([*self.metrics(), record])
 
     def drop_metrics_after(self, step: int) -> None:
-        """On resume: records after the checkpoint's step will be written again by this run."""
+        """On resume: records after the checkpoint's step (0 without one) will be written again
+        by this run."""
         self.write_metrics([r for r in self.metrics() if r["step"] <= step])
 
     # -- checkpoint ----------------------------------------------------------------------------
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT_FILE).exists()
 
-    def save_checkpoint(self, model, optimizer, step: int) -> None:
-        save_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, step)
+    def save_checkpoint(
+        self, model, optimizer, step: int, run_hash: str | None = None, train_losses=None
+    ) -> None:
+        """Write the checkpoint, tied to the run of run_hash (default: this run's config)."""
+        run_hash = self.config().run_hash() if run_hash is None else run_hash
+        save_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, step, run_hash, train_losses)
 
     def load_checkpoint(self, model: torch.nn.Module, optimizer=None) -> int:
-        """Restore the checkpoint into model (and optimizer); returns its step count."""
-        return load_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer)
+        """Restore the checkpoint into model (and optimizer); returns its step count. The
+        checkpoint must belong to this run's config (CheckpointError otherwise)."""
+        return self.restore_checkpoint(model, optimizer).step
+
+    def restore_checkpoint(
+        self, model: torch.nn.Module, optimizer=None, run_hash: str | None = None
+    ) -> CheckpointInfo:
+        """load_checkpoint, checked against run_hash (default: this run's config), returning all
+        the checkpoint holds besides tensors."""
+        if run_hash is None and self.has_config():
+            run_hash = self.config().run_hash()
+        return restore_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, run_hash)
 
     def checkpoint_step(self) -> int:
         """Steps done by the last checkpoint (0 without one)."""
@@ -125,6 +153,13 @@ class RunDirectory:
     def write_evaluation(self, evaluation: dict) -> None:
         """Write eval.json; call it last: a run directory with eval.json is complete."""
         write_json(self.path / EVAL_FILE, evaluation)
+
+    def write_reevaluation(self, evaluation: dict) -> Path:
+        """Write a later evaluation of the checkpoint (`iclab eval`) beside eval.json, which it
+        never replaces; returns its path."""
+        path = self.path / REEVALUATION_FILE
+        write_json(path, evaluation)
+        return path
 
     def failure(self) -> str:
         return json.loads((self.path / FAILED_FILE).read_text())["traceback"]

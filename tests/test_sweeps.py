@@ -121,6 +121,44 @@ def _cpu_ticks(pid: str) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below pid (children, their children, ...), from /proc's parent pids."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """The pids still running (a zombie has ended, whoever reaps it)."""
+    return {pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"}
+
+
+def _assert_all_end(pids: set[int], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _alive(pids)
+    for pid in left:  # never leave them hogging the machine
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the sweep outlived its driver by {within} s: {sorted(left)}"
+
+
 def _steps(run_dir: Path) -> list[int]:
     return [
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -141,7 +179,10 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
     try:
         _wait_for(lambda: store.run(runs[1].run_hash).status() == "interrupted", process)
         _wait_for(lambda: store.run(runs[1].run_hash).checkpoint_step() >= 60, process)
+        descendants = _descendants(process.pid)
         os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        _assert_all_end(descendants)
     finally:
         process.kill()
         process.wait()
@@ -168,36 +209,75 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
         assert killed["distributions"] == whole["distributions"]
 
 
-def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path):
-    """SIGKILL one worker process of a two-process pool: its run is recorded as failed with the
-    reason, and --retry-failed resumes it from the checkpoint the driver received."""
+def test_sigkill_of_a_pool_sweep_driver_ends_all_its_processes(tmp_path):
+    """SIGKILL the driver of a two-worker sweep: its workers, the message queue's manager and the
+    resource tracker end within seconds instead of hanging on as orphans."""
     spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2]", steps=600, checkpoint_every=20)
+    runs = load_spec(spec).runs()
+    store = SweepStore(tmp_path / "sweep")
+    process = _launch(spec, tmp_path / "sweep", workers=2)
+    descendants: set[int] = set()
+    try:
+        _wait_for(lambda: all(store.run(r.run_hash).checkpoint_step() >= 20 for r in runs), process)
+        descendants = _descendants(process.pid)
+        assert len(descendants) >= 3  # two workers and the manager (and a resource tracker)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        _assert_all_end(descendants)
+    finally:
+        process.kill()
+        process.wait()
+        for pid in _alive(descendants):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path):
+    """SIGKILL one worker process of a two-process pool running two of three runs: only its run
+    is recorded as failed, with the reason; the run in the other worker and the one not started
+    yet are not, and the sweep completes them (the first from its checkpoint). --retry-failed
+    then resumes the failed run from the checkpoint the driver received."""
+    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=200, checkpoint_every=20)
     runs = load_spec(spec).runs()
     out = tmp_path / "sweep"
     store = SweepStore(out)
     process = _launch(spec, out, workers=2)
+    descendants: set[int] = set()
     try:
-        _wait_for(lambda: all(store.run(r.run_hash).checkpoint_step() >= 40 for r in runs), process)
+        first_two = runs[:2]
+        _wait_for(
+            lambda: all(store.run(r.run_hash).checkpoint_step() >= 40 for r in first_two), process
+        )
+        assert store.run(runs[2].run_hash).status() == "pending"
+        descendants = _descendants(process.pid)
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
         ).stdout.split()
-        # Spawned children are the two pool workers and the message queue's manager; the
-        # busiest is a worker.
+        # Spawned children are the two pool workers, the message queue's manager and the
+        # resource tracker; the busiest is a worker.
         busiest = max(children, key=_cpu_ticks)
         os.kill(int(busiest), signal.SIGKILL)
-        assert process.wait(timeout=120) == 1  # failed runs: exit status 1
+        assert process.wait(timeout=120) == 1  # a failed run: exit status 1
+        _assert_all_end(descendants | _descendants(process.pid))
     finally:
         process.kill()
         process.wait()
+        for pid in _alive(descendants):
+            os.kill(pid, signal.SIGKILL)
     statuses = [store.run(r.run_hash).status() for r in runs]
-    assert "failed" in statuses
     failed = [r.run_hash for r in runs if store.run(r.run_hash).status() == "failed"]
-    assert all("worker process died" in store.run(h).failure() for h in failed)
-    resumed_from = {h: store.run(h).checkpoint_step() for h in failed}
+    assert len(failed) == 1 and failed[0] in {r.run_hash for r in first_two}, statuses
+    assert "worker process died" in store.run(failed[0]).failure()
+    assert statuses.count("complete") == 2
+    for run in runs:
+        if run.run_hash not in failed:  # each evaluation exactly once, resumed or not
+            assert _steps(store.run(run.run_hash).path) == list(range(20, 201, 20))
+    # A plain restart skips them all; --retry-failed resumes the failed run.
+    assert run_sweep(load_spec(spec), out, ONE_THREAD, progress=False).completed == []
+    resumed_from = store.run(failed[0]).checkpoint_step()
     outcome = run_sweep(load_spec(spec), out, ONE_THREAD, retry_failed=True, progress=False)
-    assert sorted(outcome.completed) == sorted(failed)
+    assert outcome.completed == failed
     assert all(store.run(r.run_hash).status() == "complete" for r in runs)
-    assert all(resumed_from[h] >= 20 for h in failed)
+    assert resumed_from >= 40
 
 
 def test_results_table_and_figures(tmp_path):

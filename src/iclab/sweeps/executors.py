@@ -10,13 +10,24 @@ always before the outcome of the job that made it. Results are bit-identical acr
 equal torch threads per run (torch's CPU kernels may split sums by thread count): in-process runs use
 this process's torch threads, a local pool of N workers on C cores C // N, a Ray task
 int(cpus_per_run).
+
+A local pool's processes (its workers and the message queue's manager) die with the driver, even
+when it is killed by SIGKILL. When a worker dies, only the job it was running comes back failed;
+the jobs that just lost their pool (not started yet, or running in a worker the broken pool
+terminated) do not come back at all: they are still to do (iclab.sweeps.runner reruns them).
 """
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.managers import SyncManager
 
 from iclab.config import ConfigError
 from iclab.sweeps.worker import Job, Outcome, execute
@@ -51,24 +62,88 @@ class LocalExecutor:
             return
         # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
         context = multiprocessing.get_context("spawn")
-        with (
-            context.Manager() as manager,
-            ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool,
-        ):
+        driver = (os.getpid(),)
+        manager = SyncManager(ctx=context)
+        manager.start(_die_with_parent, driver)
+        with manager, ProcessPoolExecutor(self.workers, context, _die_with_parent, driver) as pool:
             messages = manager.Queue()
-            futures = {pool.submit(execute, job, messages.put): job for job in jobs}
+            futures = {
+                pool.submit(_execute_and_report_pid, index, job, messages.put): index
+                for index, job in enumerate(jobs)
+            }
+            # pid -> Process of each worker: the pool's own table (the dict outlives shutdown).
+            workers = pool._processes
+            started = {}  # job index -> pid of the worker that took it
+
+            def drain() -> None:
+                # A worker's puts complete before its future does: drain them first.
+                while not messages.empty():
+                    message = messages.get()
+                    if message[0] == "started":
+                        started[message[1]] = message[2]
+                    else:
+                        on_message(message)
+
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=1.0)
-                # A worker's puts complete before its future does: drain them first.
-                while not messages.empty():
-                    on_message(messages.get())
+                drain()
                 for future in finished:
+                    index = futures[future]
                     try:
                         outcome = future.result()
                     except BrokenProcessPool as error:
+                        # A worker died and the pool failed every unfinished future. Once the
+                        # pool has terminated (SIGTERM) and reaped its other workers, only a job
+                        # whose worker ended otherwise (SIGKILL, a crash, an exit) failed.
+                        pool.shutdown(wait=True)
+                        drain()
+                        pid = started.get(index)
+                        if pid is None or not _died_by_itself(workers.get(pid)):
+                            continue  # not started, or stopped by the pool: still to do
                         outcome = Outcome(error=f"the worker process died: {error!r}")
-                    yield futures[future], outcome
+                    yield jobs[index], outcome
+
+
+def _execute_and_report_pid(index: int, job: Job, report: Callable) -> Outcome:
+    """What a pool worker runs: tells the driver which process took job `index`, then runs it."""
+    report(("started", index, os.getpid()))
+    return execute(job, report)
+
+
+def _died_by_itself(process) -> bool:
+    """Whether a pool worker ended other than by the broken pool's terminate() (SIGTERM). A
+    process missing from the pool's table counts as dead."""
+    if process is None:
+        return True
+    return process.exitcode not in (None, -signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Initializer of a pool's workers and of its manager: end this process when the driver (pid
+    `parent`) dies, even by SIGKILL. On Linux the kernel kills it when the thread that started it
+    exits (the one iterating LocalExecutor.run, which outlives the pool); elsewhere a daemon
+    thread polls the parent pid."""
+    armed = False
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the driver died before this process could ask
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 class RayExecutor:

@@ -52,7 +52,9 @@ def run_runs(
     """Train and evaluate every run of `runs` that out_dir does not hold complete yet.
 
     Failed runs are recorded (failed.json) and skipped on later calls unless retry_failed; the
-    rest goes on. Interrupted runs resume from their last checkpoint."""
+    rest goes on. Interrupted runs resume from their last checkpoint. Runs the executor hands
+    back no outcome for (a local pool broke when one of its workers died) run again, from their
+    last checkpoint, as long as each round settles at least one run."""
     started = time.perf_counter()
     executor = executor or LocalExecutor()
     store = SweepStore(out_dir)
@@ -65,7 +67,6 @@ def run_runs(
             outcome.skipped.append(run.run_hash)
         else:
             todo.append(run)
-    jobs = make_jobs(todo, store, ensemble, executor.threads_per_run)
     steps = {run.run_hash: store.run(run.run_hash).checkpoint_step() for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
@@ -85,17 +86,24 @@ def run_runs(
                 store.write_checkpoint_files(run_hash, payload)
             bar.update(sum(steps.values()) - bar.n)
 
-        for job, result in executor.run(jobs, on_message):
-            for index, run_hash in enumerate(job.run_hashes):
-                if result.error is None:
-                    store.run(run_hash).write_files(result.files[index])
-                    outcome.completed.append(run_hash)
-                    steps[run_hash] = total[run_hash]
-                else:
-                    store.run(run_hash).write_failure(result.error)
-                    outcome.failed[run_hash] = result.error
-            bar.update(sum(steps.values()) - bar.n)
-            bar.set_postfix_str(f"{len(outcome.completed)} done, {len(outcome.failed)} failed")
+        while todo:
+            jobs = make_jobs(todo, store, ensemble, executor.threads_per_run)
+            settled = set()
+            for job, result in executor.run(jobs, on_message):
+                for index, run_hash in enumerate(job.run_hashes):
+                    if result.error is None:
+                        store.run(run_hash).write_files(result.files[index])
+                        outcome.completed.append(run_hash)
+                        steps[run_hash] = total[run_hash]
+                    else:
+                        store.run(run_hash).write_failure(result.error)
+                        outcome.failed[run_hash] = result.error
+                    settled.add(run_hash)
+                bar.update(sum(steps.values()) - bar.n)
+                bar.set_postfix_str(f"{len(outcome.completed)} done, {len(outcome.failed)} failed")
+            if not settled:
+                break  # no progress: leave the rest pending rather than retry forever
+            todo = [run for run in todo if run.run_hash not in settled]
     outcome.seconds = time.perf_counter() - started
     return outcome
 

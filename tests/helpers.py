@@ -20,3 +20,16 @@ def tiny_overrides(**extra) -> list[str]:
     )
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
+
+
+def snapshot(root) -> dict[str, str]:
+    """sha256 of every file under root, by relative path: to assert that nothing changed."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -1,20 +1,11 @@
 """Bad input gets one clear message naming what was wrong, exit status 2, and nothing written."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
+from helpers import snapshot
 
 from iclab.cli import main
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under root, by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from iclab.families import family_of
+from iclab.locks import exclusive
 from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepStore
@@ -54,7 +55,13 @@ def run_runs(
     Failed runs are recorded (failed.json) and skipped on later calls unless retry_failed; the
     rest goes on. Interrupted runs resume from their last checkpoint. Runs the executor hands
     back no outcome for (a local pool broke when one of its workers died) run again, from their
-    last checkpoint, as long as each round settles at least one run."""
+    last checkpoint, as long as each round settles at least one run. The sweep directory is
+    locked meanwhile (iclab.locks): a second driver on it is refused."""
+    with exclusive(out_dir, "sweep directory"):
+        return _run_runs(runs, out_dir, executor, ensemble, retry_failed, progress)
+
+
+def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progress: bool):
     started = time.perf_counter()
     executor = executor or LocalExecutor()
     store = SweepStore(out_dir)

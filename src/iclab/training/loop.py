@@ -13,6 +13,7 @@ losses), so that metrics.jsonl of a resumed run equals that of an uninterrupted 
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from iclab.checkpoints import CheckpointError
 from iclab.config import RunConfig
 from iclab.evaluation import evaluate_model
 from iclab.families import make_task
+from iclab.locks import exclusive
 from iclab.training.optimization import (
     build_model,
     build_optimizer,
@@ -152,7 +154,8 @@ def train_runs(
     used to test that resuming equals an uninterrupted run. on_log: called with (steps done, mean
     loss since the last call, averaged over members) every log_every steps, e.g. to report progress
     from a worker process. on_checkpoint: called with the step after each checkpoint is written,
-    e.g. to ship the run directories' files from a worker to the sweep driver.
+    e.g. to ship the run directories' files from a worker to the sweep driver. Each run
+    directory is locked while it trains (iclab.locks): a second writer is refused.
     """
     if len(configs) > 1:
         keys = {ensemble_key(config) for config in configs}
@@ -160,20 +163,39 @@ def train_runs(
             raise ValueError(
                 "an ensemble needs runs that differ only in seed and task distribution"
             )
+    device = resolve_device(configs[0].train.device)  # a bad device fails before any file
+    with ExitStack() as locks:
+        runs = None
+        if run_dirs is not None:
+            runs = [
+                RunDirectory.create(d, c, resume) for d, c in zip(run_dirs, configs, strict=True)
+            ]
+            for run in runs:
+                locks.enter_context(exclusive(run.path, "run directory"))
+        return _train(configs, runs, device, resume, progress, stop_after, on_log, on_checkpoint)
+
+
+def _train(
+    configs: list[RunConfig],
+    runs: list[RunDirectory] | None,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+    on_log: Callable[[int, float], None] | None,
+    on_checkpoint: Callable[[int], None] | None,
+) -> list[TrainResult]:
+    """The loop of train_runs, on run directories already created and locked."""
     train_config = configs[0].train
-    device = resolve_device(train_config.device)
     if device.type == "cpu":
         reuse_freed_memory()
     tasks = [make_task(config.task, device) for config in configs]
     models = [build_model(config, device) for config in configs]
     optimizers = [build_optimizer(model, train_config) for model in models]
     losses = _Losses(torch.zeros(len(configs), device=device), 0, [math.nan] * len(configs))
-    runs = None
     start = 0
-    if run_dirs is not None:
-        runs = [RunDirectory.create(d, c, resume) for d, c in zip(run_dirs, configs, strict=True)]
-        if resume:
-            start = _resume(runs, configs, models, optimizers, losses)
+    if runs is not None and resume:
+        start = _resume(runs, configs, models, optimizers, losses)
     if len(configs) == 1:
         stepper = SingleStep(models[0], optimizers[0], tasks[0], configs[0], device)
     else:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from iclab.checkpoints import CheckpointError
 from iclab.config import ConfigError, load_config, preset_names, resolve_config_path
+from iclab.files import CorruptFile
 from iclab.results import format_evaluation, format_table
 from iclab.studies import STUDIES
 from iclab.studies.task_diversity.reproduction import PRESETS as TASK_DIVERSITY_PRESETS
@@ -167,24 +168,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a number > 0")
-    return value
+def _number_in(allowed: str, holds):
+    """An argparse type: a finite number for which holds(value) is true."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and holds(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected {allowed}")
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:  # false for nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: expected a number in [0, 1]")
-    return value
+_positive_number = _number_in("a number > 0", lambda value: value > 0)
+_fraction = _number_in("a number in [0, 1]", lambda value: 0 <= value <= 1)
 
 
 def _task_diversity(text: str) -> int | None:
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {error.filename!r}" if error.filename else ""
         print(f"iclab: {error.strerror or error}{where}", file=sys.stderr)
         return USAGE_ERROR
-    except (CheckpointError, TrainingDiverged, SweepError) as error:
+    except (CheckpointError, CorruptFile, TrainingDiverged, SweepError) as error:
         print(f"iclab: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from iclab.config import RunConfig
 from iclab.evaluation import evaluate_model
 from iclab.families import make_task
 from iclab.locks import exclusive
+from iclab.training.memory import check_memory
 from iclab.training.optimization import (
     build_model,
     build_optimizer,
@@ -164,6 +165,7 @@ def train_runs(
                 "an ensemble needs runs that differ only in seed and task distribution"
             )
     device = resolve_device(configs[0].train.device)  # a bad device fails before any file
+    check_memory(configs, device)  # so does a run that cannot fit (on a sweep worker: its own)
     with ExitStack() as locks:
         runs = None
         if run_dirs is not None:

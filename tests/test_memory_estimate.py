@@ -11,10 +11,8 @@ from helpers import snapshot
 
 from iclab.cli import main
 from iclab.config import load_config
+from iclab.families import ACTIVATIONS, PARAMETERS, POOL
 from iclab.training.memory import (
-    ACTIVATIONS,
-    PARAMETERS,
-    POOL,
     available_memory,
     check_memory,
     estimate_memory,

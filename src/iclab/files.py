@@ -32,3 +32,48 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+class CorruptFile(RuntimeError):
+    """A file iclab wrote cannot be read back: not UTF-8, not JSON, or not of the shape expected.
+    The message names the file (and so the run or sweep directory it is in)."""
+
+
+def corrupt(path: str | Path, what: str, problem: str) -> CorruptFile:
+    """The error for `what` (e.g. "evaluation file") at path, which is wrong in `problem`."""
+    return CorruptFile(f"{what} {str(path)!r} is corrupt: {problem}")
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of path (OSError if it cannot be read, CorruptFile if it is not UTF-8)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise corrupt(path, what, f"not UTF-8 (byte {error.start})") from None
+
+
+def _parse(text: str, path, what: str, line: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        at = error.lineno if line is None else line
+        raise corrupt(path, what, f"not valid JSON at line {at}: {error.msg}") from None
+
+
+def read_json(path: str | Path, what: str):
+    """The JSON value in path; CorruptFile naming the file if it is not UTF-8 JSON."""
+    return _parse(read_text(path, what), path, what)
+
+
+def read_jsonl(path: str | Path, what: str, check=None) -> list:
+    """The JSON values of path's non-blank lines; CorruptFile naming the file and line if one
+    is not JSON (a truncated last line included) or check(value), a problem or None, says so."""
+    values = []
+    for number, line in enumerate(read_text(path, what).splitlines(), 1):
+        if line.strip():
+            value = _parse(line, path, what, number)
+            if check is not None and (problem := check(value)) is not None:
+                raise corrupt(path, what, f"line {number}: {problem}")
+            values.append(value)
+    return values

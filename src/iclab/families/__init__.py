@@ -21,6 +21,14 @@ from iclab.validation import ConfigError, require
 
 MODEL_NAME = "PT"  # the trained model's name in every evaluation table
 
+# The parts of a run's memory estimate (iclab.training.memory), in bytes.
+PARAMETERS = "parameters, gradients and Adam state"
+ACTIVATIONS = "activations of the training batch"
+POOL = "task pool"
+EVALUATION = "evaluation chunk"
+FLOAT = 4  # bytes of a float32 value
+PARAMETER_COPIES = 5  # weights, gradients, Adam's two moments, a foreach temporary
+
 
 class Family:
     """What one task family declares; subclasses set the attributes and override the methods."""
@@ -64,6 +72,12 @@ class Family:
     def settings(self, config) -> dict:
         """The task's key settings, as columns of results and status tables."""
         return {"n_dims": config.n_dims}
+
+    def memory(self, config, sizes: dict[str, int], threads: int) -> dict[str, int]:
+        """Bytes per part (PARAMETERS, ACTIVATIONS, POOL, EVALUATION) that training and
+        evaluating `config` with the integer settings `sizes` ("section.key" -> value, plus
+        "chunk", the evaluation chunk) needs; see iclab.training.memory."""
+        raise NotImplementedError
 
     def check_model(self, model_config, task_config) -> None:
         """Raise ConfigError when the model cannot read this family's sequences."""

@@ -8,7 +8,17 @@ predict(inputs, ws) with inputs = s_0..s_{T-1}; output t predicts s_{t+1}. Basel
 
 from dataclasses import dataclass
 
-from iclab.families import MODEL_NAME, Family, register
+from iclab.families import (
+    ACTIVATIONS,
+    EVALUATION,
+    FLOAT,
+    MODEL_NAME,
+    PARAMETER_COPIES,
+    PARAMETERS,
+    POOL,
+    Family,
+    register,
+)
 from iclab.validation import require
 
 ORACLE = "Oracle"
@@ -134,6 +144,37 @@ class Autoregressive(Family):
                 f"model.family = {model_config.family!r} needs n_steps >= 2 (a previous token "
                 "to query with)",
             )
+
+    def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
+        """Bytes per part (iclab.training.memory) of the attention models on these sequences."""
+        from iclab.tasks.autoregressive import is_complex
+
+        d, length, b, chunk = s["task.n_dims"], s["task.n_steps"], s["train.batch_size"], s["chunk"]
+        value = 2 * FLOAT if is_complex(config.task) else FLOAT
+        h = s.get("model.n_heads", 1)
+        model = config.model
+        if model.family == "diagonal_attention":
+            parameters = 2 * h * d + length * length
+            layers = 2
+            layer = lambda rows: 3 * rows * h * length**2 + 2 * rows * length**2 * d  # noqa: E731
+        elif model.attention == "pe_only":
+            parameters, layers = length * length, 1
+            layer = lambda rows: 4 * rows * length**2 + 4 * rows * length * d  # noqa: E731
+        else:
+            needed = (3 if model.tokens == "augmented" else 2) * d
+            e = max(s["model.n_embd"], -(-needed // h) * h)
+            n = s["model.n_layers"]
+            parameters = n * 4 * e * e + (length * e if model.tokens == "plain" else 0)
+            layers = n + 1
+            layer = lambda rows: 8 * rows * length * e + 4 * rows * h * length**2  # noqa: E731
+        batch = lambda rows: 3 * rows * (length + 1) * d + 2 * rows * d * d  # noqa: E731
+        baselines = 4 * chunk * d * d + 3 * chunk * length**2 + 4 * chunk * length * d
+        return {
+            PARAMETERS: PARAMETER_COPIES * value * parameters,
+            ACTIVATIONS: value * (layers * layer(b) + batch(b)),
+            POOL: 0,
+            EVALUATION: value * (layer(chunk) + batch(chunk)) + 4 * value * baselines,
+        }
 
 
 register(Autoregressive())

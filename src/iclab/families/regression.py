@@ -7,7 +7,16 @@ and dMMSE (Bayes for the pool; it is Ridge when M is infinite).
 
 from dataclasses import dataclass
 
-from iclab.families import Family, register
+from iclab.families import (
+    ACTIVATIONS,
+    EVALUATION,
+    FLOAT,
+    PARAMETER_COPIES,
+    PARAMETERS,
+    POOL,
+    Family,
+    register,
+)
 from iclab.validation import require
 
 RIDGE = "Ridge"
@@ -15,6 +24,7 @@ DMMSE = "dMMSE"
 PT_RIDGE = "PT,Ridge"
 PT_DMMSE = "PT,dMMSE"
 DMMSE_RIDGE = "dMMSE,Ridge"
+STORED_ENERGIES = 2**25  # dMMSE's bound on the energies a worker thread keeps (pool_posterior)
 PAIRS = (("PT", RIDGE), ("PT", DMMSE), (DMMSE, RIDGE))
 
 
@@ -80,6 +90,26 @@ class Regression(Family):
         return {
             "n_tasks": "inf" if config.n_tasks is None else config.n_tasks,
             **super().settings(config),
+        }
+
+    def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
+        """Bytes per part (iclab.training.memory) of a GPT on regression sequences."""
+        d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
+        e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
+        length = 2 * k
+        parameters = (d + 1) * e + length * e + n * (12 * e * e + 13 * e) + 3 * e + 1
+        layer = lambda rows: 20 * rows * length * e + 2 * rows * h * length**2  # noqa: E731
+        inputs = lambda rows: 6 * rows * k * (d + 1)  # noqa: E731
+        m = s.get("task.n_tasks", 0)
+        chunk = s["chunk"]
+        evaluation = layer(chunk) + inputs(chunk) + 3 * chunk * k * d * d
+        if m:
+            evaluation += threads * 2 * min(STORED_ENERGIES, 32 * m)
+        return {
+            PARAMETERS: PARAMETER_COPIES * FLOAT * parameters,
+            ACTIVATIONS: FLOAT * ((n + 1) * layer(b) + inputs(b)),
+            POOL: FLOAT * 2 * m * d,
+            EVALUATION: FLOAT * evaluation,
         }
 
 

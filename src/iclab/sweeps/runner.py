@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from iclab.families import family_of
+from iclab.files import CorruptFile
 from iclab.locks import exclusive
 from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.spec import SweepRun, SweepSpec
@@ -142,10 +143,15 @@ def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
         status = run.status()
         step = configs[run_hash].train.steps if status == "complete" else run.checkpoint_step()
         metrics = [""] * len(shown)
-        if status == "complete":
-            distributions = run.evaluation()["distributions"]
-            metrics = [distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown]
-        elif status == "failed":
-            metrics[0] = run.failure().strip().splitlines()[-1][:60]
+        try:
+            if status == "complete":
+                distributions = run.evaluation()["distributions"]
+                metrics = [
+                    distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown
+                ]
+            elif status == "failed":
+                metrics[0] = run.failure().strip().splitlines()[-1][:60]
+        except CorruptFile as error:  # the table still shows the other runs
+            status, metrics[0] = "corrupt", str(error)
         rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics])
     return header, rows

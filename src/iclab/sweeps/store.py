@@ -7,11 +7,10 @@ A run is complete when its eval.json exists; every file is written atomically an
 so a killed sweep never leaves a half-written result and never redoes a complete run.
 """
 
-import json
 from pathlib import Path
 
 from iclab.checkpoints import CheckpointError
-from iclab.files import write_json
+from iclab.files import corrupt, read_json, write_json
 from iclab.training.run_directory import CHECKPOINT_FILE, RESUME_FILES, RunDirectory
 
 SWEEP_FILE = "sweep.json"
@@ -38,10 +37,11 @@ class SweepStore:
                     f"{str(self.out_dir)!r} is not a sweep directory (no {SWEEP_FILE})"
                 )
             return {}
-        try:
-            return json.loads(path.read_text())["runs"]
-        except (json.JSONDecodeError, KeyError) as error:
-            raise SweepError(f"{str(path)!r} is not a sweep index: {error}") from None
+        index = read_json(path, "sweep index")
+        runs = index.get("runs") if isinstance(index, dict) else None
+        if not (isinstance(runs, dict) and all(isinstance(v, dict) for v in runs.values())):
+            raise corrupt(path, "sweep index", 'expected {"runs": {run hash: {grid values}}}')
+        return runs
 
     def register(self, runs) -> None:
         """Record runs (SweepRun) in sweep.json and write each new run's config.toml."""

@@ -1,6 +1,7 @@
 """Refuse, before any work, a run whose memory cannot fit on the device that trains it.
 
-`estimate_memory(configs)` is an upper-bound-ish estimate, in bytes, of what a run (or a stacked
+`estimate_memory(configs)` is an upper-bound-ish estimate, in bytes (each family's
+Family.memory gives its parts), of what a run (or a stacked
 ensemble of len(configs) members: every part times the member count) needs at its peak, in four
 parts. Everything is computed in Python ints, so huge settings cannot overflow. With B the
 training batch, C the evaluation chunk (eval.eval_batch_size, at most the larger of
@@ -36,16 +37,8 @@ import os
 
 import torch
 
+from iclab.families import family_of
 from iclab.validation import ConfigError
-
-FLOAT = 4
-PARAMETER_COPIES = 5
-STORED_ENERGIES = 2**25  # dMMSE's bound on the energies a worker thread keeps (pool_posterior)
-
-PARAMETERS = "parameters, gradients and Adam state"
-ACTIVATIONS = "activations of the training batch"
-POOL = "task pool"
-EVALUATION = "evaluation chunk"
 
 # The integer settings an estimate reads, as they are named in configs and messages.
 _SETTINGS = {
@@ -56,7 +49,7 @@ _SETTINGS = {
 }
 
 
-def _sizes(config) -> dict[str, int]:
+def sizes_of(config) -> dict[str, int]:
     """The integer settings of a config that the estimate depends on, by their dotted names."""
     sizes = {}
     for section, names in _SETTINGS.items():
@@ -67,66 +60,11 @@ def _sizes(config) -> dict[str, int]:
     return sizes
 
 
-def _gpt(config, s: dict[str, int], threads: int) -> dict[str, int]:
-    """Bytes per part for a GPT on regression sequences."""
-    d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
-    e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
-    length = 2 * k
-    parameters = (d + 1) * e + length * e + n * (12 * e * e + 13 * e) + 3 * e + 1
-    layer = lambda rows: 20 * rows * length * e + 2 * rows * h * length**2  # noqa: E731
-    inputs = lambda rows: 6 * rows * k * (d + 1)  # noqa: E731
-    m = s.get("task.n_tasks", 0)
-    chunk = s["chunk"]
-    evaluation = layer(chunk) + inputs(chunk) + 3 * chunk * k * d * d
-    if m:
-        evaluation += threads * 2 * min(STORED_ENERGIES, 32 * m)
-    return {
-        PARAMETERS: PARAMETER_COPIES * FLOAT * parameters,
-        ACTIVATIONS: FLOAT * ((n + 1) * layer(b) + inputs(b)),
-        POOL: FLOAT * 2 * m * d,
-        EVALUATION: FLOAT * evaluation,
-    }
-
-
-def _autoregressive(config, s: dict[str, int]) -> dict[str, int]:
-    """Bytes per part for the attention models on autoregressive sequences."""
-    from iclab.tasks.autoregressive import is_complex
-
-    d, length, b, chunk = s["task.n_dims"], s["task.n_steps"], s["train.batch_size"], s["chunk"]
-    value = 2 * FLOAT if is_complex(config.task) else FLOAT
-    h = s.get("model.n_heads", 1)
-    model = config.model
-    if model.family == "diagonal_attention":
-        parameters = 2 * h * d + length * length
-        layers = 2
-        layer = lambda rows: 3 * rows * h * length**2 + 2 * rows * length**2 * d  # noqa: E731
-    elif model.attention == "pe_only":
-        parameters, layers = length * length, 1
-        layer = lambda rows: 4 * rows * length**2 + 4 * rows * length * d  # noqa: E731
-    else:
-        needed = (3 if model.tokens == "augmented" else 2) * d
-        e = max(s["model.n_embd"], -(-needed // h) * h)
-        n = s["model.n_layers"]
-        parameters = n * 4 * e * e + (length * e if model.tokens == "plain" else 0)
-        layers = n + 1
-        layer = lambda rows: 8 * rows * length * e + 4 * rows * h * length**2  # noqa: E731
-    batch = lambda rows: 3 * rows * (length + 1) * d + 2 * rows * d * d  # noqa: E731
-    baselines = 4 * chunk * d * d + 3 * chunk * length**2 + 4 * chunk * length * d
-    return {
-        PARAMETERS: PARAMETER_COPIES * value * parameters,
-        ACTIVATIONS: value * (layers * layer(b) + batch(b)),
-        POOL: 0,
-        EVALUATION: value * (layer(chunk) + batch(chunk)) + 4 * value * baselines,
-    }
-
-
 def _parts(config, sizes: dict[str, int], threads: int) -> dict[str, int]:
     s = dict(sizes)
     n_sequences = max(config.eval.n_sequences, config.train.eval_sequences)
     s["chunk"] = min(s["eval.eval_batch_size"], n_sequences)
-    if config.model.family == "gpt":
-        return _gpt(config, s, threads)
-    return _autoregressive(config, s)
+    return family_of(config.task).memory(config, s, threads)
 
 
 def estimate_memory(configs: list, threads: int | None = None) -> dict[str, int]:
@@ -135,7 +73,7 @@ def estimate_memory(configs: list, threads: int | None = None) -> dict[str, int]
     threads = torch.get_num_threads() if threads is None else threads
     total: dict[str, int] = {}
     for config in configs:
-        for part, size in _parts(config, _sizes(config), threads).items():
+        for part, size in _parts(config, sizes_of(config), threads).items():
             total[part] = total.get(part, 0) + size
     return total
 
@@ -177,11 +115,11 @@ def format_bytes(n: int) -> str:
 def _dominant(configs: list, threads: int) -> tuple[str, int]:
     """The setting whose reduction to its minimum (1, or no pool) shrinks the estimate most."""
     config = configs[0]
-    sizes = _sizes(config)
+    sizes = sizes_of(config)
     best, best_total = None, None
     for key in sizes:
-        if key == "model.n_embd" and config.model.family != "gpt" and sizes[key] == 0:
-            continue  # automatic width
+        if sizes[key] == 0:
+            continue  # already at its minimum (n_tasks: no pool) or automatic (n_embd = 0)
         reduced = dict(sizes, **{key: 0 if key == "task.n_tasks" else 1})
         total = sum(_parts(config, reduced, threads).values())
         if best_total is None or total < best_total:

@@ -23,7 +23,14 @@ from iclab.checkpoints import (
     save_checkpoint,
 )
 from iclab.config import ConfigError, RunConfig, config_to_toml, load_config
-from iclab.files import atomic_write_bytes, atomic_write_text, write_json
+from iclab.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    corrupt,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -34,6 +41,31 @@ FAILED_FILE = "failed.json"
 # The files a run resumes from (what a sweep worker ships back at every checkpoint).
 RESUME_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
 STATUSES = ("complete", "failed", "interrupted", "pending")
+
+
+def _evaluation_problem(evaluation) -> str | None:
+    """What is wrong with the shape of an evaluation (eval.json, a metrics record's "eval")."""
+    distributions = evaluation.get("distributions") if isinstance(evaluation, dict) else None
+    if not isinstance(distributions, dict):
+        return "expected a JSON object with a 'distributions' object"
+    for name, result in distributions.items():
+        if not (
+            isinstance(result, dict)
+            and all(isinstance(result.get(key), dict) for key in ("mse_mean", "delta_mean"))
+        ):
+            return f"distribution {name!r} lacks 'mse_mean' and 'delta_mean' objects"
+    return None
+
+
+def _metrics_problem(record) -> str | None:
+    """What is wrong with the shape of one line of metrics.jsonl."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return "no integer 'step'"
+    problem = _evaluation_problem(record.get("eval"))
+    return None if problem is None else f"'eval' is not an evaluation: {problem}"
 
 
 class RunDirectory:
@@ -102,7 +134,7 @@ class RunDirectory:
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path, "metrics file", _metrics_problem)
 
     def write_metrics(self, records: list[dict]) -> None:
         text = "".join(json.dumps(record) + "\n" for record in records)
@@ -148,7 +180,11 @@ class RunDirectory:
 
     # -- evaluation and failures ---------------------------------------------------------------
     def evaluation(self) -> dict:
-        return json.loads((self.path / EVAL_FILE).read_text())
+        path = self.path / EVAL_FILE
+        evaluation = read_json(path, "evaluation file")
+        if (problem := _evaluation_problem(evaluation)) is not None:
+            raise corrupt(path, "evaluation file", problem)
+        return evaluation
 
     def write_evaluation(self, evaluation: dict) -> None:
         """Write eval.json; call it last: a run directory with eval.json is complete."""
@@ -162,7 +198,13 @@ class RunDirectory:
         return path
 
     def failure(self) -> str:
-        return json.loads((self.path / FAILED_FILE).read_text())["traceback"]
+        path = self.path / FAILED_FILE
+        failure = read_json(path, "failure record")
+        if not (isinstance(failure, dict) and isinstance(failure.get("traceback"), str)):
+            raise corrupt(
+                path, "failure record", "expected a JSON object with a string 'traceback'"
+            )
+        return failure["traceback"]
 
     def write_failure(self, error: str) -> None:
         write_json(self.path / FAILED_FILE, {"traceback": error})

@@ -67,7 +67,7 @@ def _is_number(value) -> bool:
 def test_status_shows_the_autoregressive_metrics(ar_sweep):
     spec, out = ar_sweep
     header, rows = status_rows(out)
-    assert header == ["run", "status", "seed", "w_family", "step", *AR_METRICS]
+    assert header == ["run", "status", "seed", "w_family", "step", *AR_METRICS, "note"]
     assert [row[0] for row in rows] == [run.run_hash for run in spec.runs()]
     assert [row[1] for row in rows] == ["complete"] * 4
     assert [(row[2], row[3]) for row in rows] == [
@@ -132,7 +132,16 @@ def test_a_sweep_directory_with_both_families(tmp_path):
         assert len(outcome.completed) == 1 and not outcome.failed
 
     header, rows = status_rows(out)
-    assert header == ["run", "status", "n_tasks", "seed", "step", *REGRESSION_METRICS, *AR_METRICS]
+    assert header == [
+        "run",
+        "status",
+        "n_tasks",
+        "seed",
+        "step",
+        *REGRESSION_METRICS,
+        *AR_METRICS,
+        "note",
+    ]
     regression_row, ar_row = rows
     assert [regression_row[1], ar_row[1]] == ["complete", "complete"]
     assert regression_row[2:4] == [2, ""] and ar_row[2:4] == ["", 0]

@@ -163,3 +163,25 @@ def test_a_corrupt_metrics_file_stops_a_resume_and_not_an_eval(
     assert code == 0, err
     after = snapshot(run_dir)
     assert {key: after.get(key) for key in before} == before
+
+
+@pytest.mark.parametrize("garbage", [b"\xff" * 64, (2**40).to_bytes(8, "little") + b"{}"])
+def test_a_garbage_checkpoint_is_listed_corrupt_and_its_run_starts_over(
+    sweep, tmp_path, capsys, garbage
+):
+    """A checkpoint that is not one (even with a header length of 2^40) is named by status, and
+    the sweep reruns that run from the start instead of stopping."""
+    out = tmp_path / "out"
+    shutil.copytree(sweep, out)
+    run_dir = out / "runs" / _first_run(out)
+    (run_dir / "eval.json").unlink()
+    (run_dir / "checkpoint.safetensors").write_bytes(garbage)
+    assert main(["status", str(out)]) == 0
+    row = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith(run_dir.name)
+    )
+    assert "corrupt" in row and "checkpoint.safetensors" in row
+    spec = out.parent / "s.toml"
+    spec.write_text((sweep.parent / "s.toml").read_text())
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert (run_dir / "eval.json").exists()

@@ -91,7 +91,7 @@ def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
     assert "Traceback" in store.run(doomed).failure()
     header, rows = status_rows(out)
     assert [row[1] for row in rows] == ["complete", "failed", "complete"]
-    assert "injected failure" in rows[1][header.index("true PT,Ridge")]
+    assert "injected failure" in rows[1][header.index("note")]
     # Without --retry-failed nothing runs; with it only the failed run.
     assert run_sweep(spec, out, progress=False).completed == [] and len(trained) == 3
     retried = run_sweep(spec, out, retry_failed=True, progress=False)

@@ -135,7 +135,9 @@ def checkpoint_step(path: str | Path) -> int:
     path = Path(path)
     with open(path, "rb") as file:
         header = file.read(8)
-        metadata, _ = _read_metadata(path, header + file.read(_header_length(header)))
+        # A garbage length must not become a huge read: the header lies within the file.
+        length = min(_header_length(header), max(0, path.stat().st_size - 8))
+        metadata, _ = _read_metadata(path, header + file.read(length))
     return _step(path, metadata)
 
 

@@ -146,7 +146,12 @@ class Autoregressive(Family):
             )
 
     def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
-        """Bytes per part (iclab.training.memory) of the attention models on these sequences."""
+        """Bytes per part (iclab.training.memory) of the attention models on these sequences
+        (values of the state type): linear attention (N + 1) layers of 8 B L E + 4 B H L^2
+        (pe_only one layer of 4 B L^2 + 4 B L D); the diagonal model 2 x (3 B H L^2 + 2 B L^2 D)
+        (its einsum keeps a (B, L, L, D) intermediate); the sampled batch 3 B (L + 1) D + 2 B D^2;
+        an evaluation chunk of C: one layer at C and the float64 baselines' 4 C D^2 + 3 C L^2 +
+        4 C L D."""
         from iclab.tasks.autoregressive import is_complex
 
         d, length, b, chunk = s["task.n_dims"], s["task.n_steps"], s["train.batch_size"], s["chunk"]

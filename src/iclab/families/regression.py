@@ -93,7 +93,11 @@ class Regression(Family):
         }
 
     def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
-        """Bytes per part (iclab.training.memory) of a GPT on regression sequences."""
+        """Bytes per part (iclab.training.memory) of a GPT on regression sequences, in float32:
+        parameters P x 5 copies (weights, gradients, Adam's moments, a foreach temporary);
+        activations (N + 1) layers of 20 B L E + 2 B H L^2 (L = 2 K tokens) plus 6 B K (D + 1)
+        inputs; the pool 2 M D (drawing it holds two copies); an evaluation chunk of C
+        sequences: one layer at C, Ridge's 3 C K D^2 and dMMSE's bounded tiles per thread."""
         d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
         e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
         length = 2 * k

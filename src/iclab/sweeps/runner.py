@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from iclab.checkpoints import CheckpointError
+from iclab.config import ConfigError
 from iclab.families import family_of
 from iclab.files import CorruptFile
 from iclab.locks import exclusive
@@ -25,13 +27,22 @@ class SweepOutcome:
     seconds: float = 0.0
 
 
+def _steps_done(run) -> int:
+    """Steps of the run's checkpoint; 0 for a corrupt one, which is never resumed from
+    (SweepStore.resume_files leaves it out, so the run starts over)."""
+    try:
+        return run.checkpoint_step()
+    except CheckpointError:
+        return 0
+
+
 def make_jobs(runs: list[SweepRun], store: SweepStore, ensemble: bool, threads: int) -> list[Job]:
     """One job per run, or with `ensemble` one per group of runs that can train stacked (same
     ensemble_key, and resuming from the same checkpoint step)."""
     groups: dict = defaultdict(list)
     for index, run in enumerate(runs):
         key = ensemble_key(run.config) if ensemble else None
-        group = (key, store.run(run.run_hash).checkpoint_step()) if key is not None else index
+        group = (key, _steps_done(store.run(run.run_hash))) if key is not None else index
         groups[group].append(run)
     return [
         Job(
@@ -75,7 +86,7 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progr
             outcome.skipped.append(run.run_hash)
         else:
             todo.append(run)
-    steps = {run.run_hash: store.run(run.run_hash).checkpoint_step() for run in todo}
+    steps = {run.run_hash: _steps_done(store.run(run.run_hash)) for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
         total=sum(total.values()),
@@ -128,30 +139,39 @@ def run_sweep(
 
 def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
     """(header, rows) of `iclab status`: one row per registered run, with the headline metrics
-    of its task family (the union over the families in the sweep)."""
+    of its task family (the union over the families in the sweep). A run whose files cannot be
+    read is listed as "corrupt", with the message, beside the others."""
     store = SweepStore(out_dir)
     grid = store.grid_values()
     keys = list(dict.fromkeys(key for values in grid.values() for key in values))
-    configs = {run_hash: store.run(run_hash).config() for run_hash in grid}
-    shown = list(
-        dict.fromkeys(m for c in configs.values() for m in family_of(c.task).status_metrics)
-    )
-    header = ["run", "status", *keys, "step", *(f"{d} {pair}" for d, pair in shown)]
+    configs = {}
+    for run_hash in grid:
+        try:
+            configs[run_hash] = store.run(run_hash).config()
+        except ConfigError as error:
+            configs[run_hash] = error
+    families = [family_of(c.task) for c in configs.values() if not isinstance(c, ConfigError)]
+    shown = list(dict.fromkeys(m for family in families for m in family.status_metrics))
+    header = ["run", "status", *keys, "step", *(f"{d} {pair}" for d, pair in shown), "note"]
     rows = []
     for run_hash, values in grid.items():
-        run = store.run(run_hash)
-        status = run.status()
-        step = configs[run_hash].train.steps if status == "complete" else run.checkpoint_step()
-        metrics = [""] * len(shown)
-        try:
-            if status == "complete":
-                distributions = run.evaluation()["distributions"]
-                metrics = [
-                    distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown
-                ]
-            elif status == "failed":
-                metrics[0] = run.failure().strip().splitlines()[-1][:60]
-        except CorruptFile as error:  # the table still shows the other runs
-            status, metrics[0] = "corrupt", str(error)
-        rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics])
+        status, step, metrics, note = _status_row(store.run(run_hash), configs[run_hash], shown)
+        rows.append([run_hash, status, *(values.get(k, "") for k in keys), step, *metrics, note])
     return header, rows
+
+
+def _status_row(run, config, shown) -> tuple[str, int | str, list, str]:
+    """(status, steps done, the shown metrics, a note) of one run."""
+    metrics = [""] * len(shown)
+    try:
+        if isinstance(config, ConfigError):
+            raise config
+        status = run.status()
+        if status == "complete":
+            distributions = run.evaluation()["distributions"]
+            metrics = [distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown]
+            return status, config.train.steps, metrics, ""
+        note = run.failure().strip().splitlines()[-1:] if status == "failed" else []
+        return status, run.checkpoint_step(), metrics, "".join(note)[:60]
+    except (ConfigError, CorruptFile, CheckpointError) as error:
+        return "corrupt", "", metrics, str(error)

@@ -95,14 +95,14 @@ def _resume(
             run.drop_metrics_after(0)
         return 0
     if not all(found):
-        raise ValueError("some ensemble members have a checkpoint and some do not")
+        raise CheckpointError("some ensemble members have a checkpoint and some do not")
     infos = [
         run.restore_checkpoint(model, optimizer, config.run_hash())
         for run, config, model, optimizer in zip(runs, configs, models, optimizers, strict=True)
     ]
     steps = {info.step for info in infos}
     if len(steps) != 1:
-        raise ValueError(f"ensemble members resume from different steps: {steps}")
+        raise CheckpointError(f"ensemble members resume from different steps: {steps}")
     start = steps.pop()
     total = configs[0].train.steps
     for run, info in zip(runs, infos, strict=True):
@@ -118,7 +118,7 @@ def _resume(
     states = [info.train_losses for info in infos]
     if all(state is not None for state in states):
         if len({state["count"] for state in states}) != 1:
-            raise ValueError("ensemble members resume with different loss counts")
+            raise CheckpointError("ensemble members resume with different loss counts")
         sums = [state["sum"] for state in states]
         losses.sums = torch.tensor(sums, dtype=losses.sums.dtype, device=losses.sums.device)
         losses.count = states[0]["count"]

@@ -1,36 +1,16 @@
 """Refuse, before any work, a run whose memory cannot fit on the device that trains it.
 
-`estimate_memory(configs)` is an upper-bound-ish estimate, in bytes (each family's
-Family.memory gives its parts), of what a run (or a stacked
-ensemble of len(configs) members: every part times the member count) needs at its peak, in four
-parts. Everything is computed in Python ints, so huge settings cannot overflow. With B the
-training batch, C the evaluation chunk (eval.eval_batch_size, at most the larger of
-eval.n_sequences and train.eval_sequences), N layers, H heads, E the width, D the task's n_dims,
-and 4 bytes a float32 value (8 for complex64 states; 16 for the float64 / complex128 baselines):
-
-  parameters   P parameters x 5 copies (weights, gradients, Adam's two moments, a foreach
-               temporary) x 4 bytes
-  training     the batch's saved activations, (N + 1) layers (the +1: gradients in flight in the
-               backward pass) of
-                 gpt:               20 B L E + 2 B H L^2 floats, L = 2 K (interleaved x, y tokens),
-                                    plus 6 B K (D + 1) floats of inputs and tokens
-                 linear_attention:  8 B L E + 4 B H L^2 values, L = n_steps (pe_only: one layer of
-                                    4 B L^2 + 4 B L D values)
-                 diagonal_attention: 2 x (3 B H L^2 + 2 B L^2 D) values (its einsum keeps a
-                                    (batch, L, L, D) intermediate; x 2 for the backward pass)
-               plus the sampled batch (autoregressive: 3 B (L + 1) D + 2 B D^2 values, the W's)
-  task pool    regression with n_tasks = M: 2 M D floats (drawing it holds two copies)
-  evaluation   C sequences through the model without saved activations (one layer's worth,
-               as above without the (N + 1)) and the baselines: regression Ridge 3 C K D^2
-               floats (prefix Gram matrices, their temporaries and the solve), dMMSE its bounded
-               tiles (2 x min(2^25, 32 M) floats per worker thread); autoregressive 4 C D^2 +
-               3 C L^2 + 4 C L D float64 / complex128 values (least squares, one-step GD)
-
-The estimate needs to be right only within a small factor: it is compared with the memory the
-device has (CPU: MemAvailable of /proc/meminfo, else os.sysconf; CUDA: torch.cuda.mem_get_info),
-and a run whose estimate exceeds it is refused with a ConfigError that names the setting whose
-reduction to its minimum shrinks the estimate most, the estimate and its largest part. On a
-small GPT run the estimate is about 1.5-3x the measured peak (tests/test_memory_estimate.py).
+`estimate_memory(configs)` estimates, in bytes, what a run (or a stacked ensemble: the members'
+estimates summed) needs at its peak, in four parts: parameters with gradients and Adam state,
+the training batch's activations, the task pool, and one evaluation chunk through the model and
+the baselines. The formulas are the task family's (Family.memory, in iclab.families, documented
+there), computed in Python ints from the config's integer settings, so huge settings cannot
+overflow. The estimate needs to be right only within a small factor (1.4-2.2x the measured peak
+on small GPT runs, tests/test_memory_estimate.py): it is compared with the memory the device has
+(CPU: MemAvailable of /proc/meminfo, else os.sysconf; CUDA: torch.cuda.mem_get_info), and a run
+whose estimate exceeds it is refused with a ConfigError naming the setting whose reduction to 1
+shrinks the estimate most, the estimate and its largest part. Each process checks its own device
+(a sweep worker checks when it starts its run), so concurrent runs are not summed.
 """
 
 import os
@@ -40,24 +20,15 @@ import torch
 from iclab.families import family_of
 from iclab.validation import ConfigError
 
-# The integer settings an estimate reads, as they are named in configs and messages.
-_SETTINGS = {
-    "task": ("n_dims", "n_points", "n_steps", "n_tasks"),
-    "model": ("n_layers", "n_embd", "n_heads"),
-    "train": ("batch_size",),
-    "eval": ("eval_batch_size",),
-}
-
 
 def sizes_of(config) -> dict[str, int]:
-    """The integer settings of a config that the estimate depends on, by their dotted names."""
-    sizes = {}
-    for section, names in _SETTINGS.items():
-        for name in names:
-            value = getattr(getattr(config, section), name, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                sizes[f"{section}.{name}"] = value
-    return sizes
+    """Every integer setting of a config, by its dotted name ("task.n_dims")."""
+    return {
+        f"{section}.{name}": value
+        for section, values in config.to_dict().items()
+        for name, value in values.items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
 
 
 def _parts(config, sizes: dict[str, int], threads: int) -> dict[str, int]:
@@ -113,14 +84,14 @@ def format_bytes(n: int) -> str:
 
 
 def _dominant(configs: list, threads: int) -> tuple[str, int]:
-    """The setting whose reduction to its minimum (1, or no pool) shrinks the estimate most."""
+    """The setting whose reduction to 1 shrinks the estimate most."""
     config = configs[0]
     sizes = sizes_of(config)
     best, best_total = None, None
     for key in sizes:
-        if sizes[key] == 0:
-            continue  # already at its minimum (n_tasks: no pool) or automatic (n_embd = 0)
-        reduced = dict(sizes, **{key: 0 if key == "task.n_tasks" else 1})
+        if sizes[key] <= 1:
+            continue  # at its minimum already, or 0 = automatic
+        reduced = dict(sizes, **{key: 1})
         total = sum(_parts(config, reduced, threads).values())
         if best_total is None or total < best_total:
             best, best_total = key, total

@@ -122,7 +122,7 @@ def test_demo_exit_status_says_whether_the_regimes_hold(monkeypatch, tmp_path):
 
     def fake_demo(holds):
         checks = {"Bayesian regime (small M)": (holds, "numbers")}
-        return lambda out, progress, pdf: DemoReport([], checks, out / "f.png", 0.0)
+        return lambda out, **options: DemoReport([], checks, out / "f.png", 0.0)
 
     monkeypatch.setattr(demo_module, "run_demo", fake_demo(True))
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0

@@ -54,7 +54,9 @@ def _presets(args) -> int:
 def _demo(args) -> int:
     from iclab.studies.task_diversity.demo import run_demo
 
-    report = run_demo(Path(args.out), progress=not args.no_progress, pdf=args.pdf)
+    report = run_demo(
+        Path(args.out), overrides=tuple(args.set), progress=not args.no_progress, pdf=args.pdf
+    )
     return 0 if report.all_hold else 1
 
 
@@ -70,7 +72,8 @@ def _reproduce(args) -> int:
     from iclab.studies import reproduce
 
     executor = _executor(args)
-    report = reproduce(args.study, args.out, args.preset, executor, not args.no_progress, args.pdf)
+    progress = not args.no_progress
+    report = reproduce(args.study, args.out, args.preset, executor, progress, args.pdf, args.quick)
     print(report.summary)
     print(f"report: {report.path} ({report.seconds:.0f} s)")
     return 0
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="CPU demo: task diversity sweep with tiny models")
     demo.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    demo.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run"
+    )
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
     demo.set_defaults(handler=_demo)
@@ -258,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--no-progress", action="store_true")
     reproduce.add_argument("--pdf", action="store_true", help="also save figures as PDF")
+    reproduce.add_argument(
+        "--quick", action="store_true", help="a miniature of every part: checks the pipeline"
+    )
     _add_executor_options(reproduce)
     reproduce.set_defaults(handler=_reproduce)
 

@@ -18,13 +18,15 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def write_report(
-    out: Path, numbers: dict, checks: list[Check], seconds: float, threads: int
+    out: Path, numbers: dict, checks: list[Check], seconds: float, threads: int, note: str = ""
 ) -> Path:
-    """OUT/report.md from the parts' numbers and checks; returns its path."""
+    """OUT/report.md from the parts' numbers and checks (note: a paragraph under the title);
+    returns its path."""
     linear, theory, diagonal, pe = (numbers[k] for k in ("linear", "theory", "diagonal", "pe_only"))
     lines = [
         "# In-context autoregressive learning (Sander et al. 2024): reproduction",
         "",
+        *([note, ""] if note else []),
         f"Wall time {seconds:.0f} s with {threads} torch thread(s). Run directories are in "
         "`runs/`; every number is in `report.json`. Losses are mean squared errors per coordinate "
         "on held-out sequences (|.|^2 for complex states); unless said otherwise they average all "

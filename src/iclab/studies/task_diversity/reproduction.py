@@ -5,6 +5,7 @@ spec's criterion, evaluates the other criterion on the sweep's own runs, draws t
 writes report.md. Completed runs are reused, so an interrupted reproduction continues.
 """
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from iclab.studies.task_diversity.threshold import (
 )
 from iclab.sweeps.runner import run_sweep
 from iclab.sweeps.spec import load_spec
+from iclab.sweeps.store import SweepError
 
 SPECS_DIR = PRESETS_DIR / "sweeps"
 REPORT_FILE = "report.md"
@@ -40,7 +42,13 @@ PAPER = {
 }
 
 
-PRESETS = tuple(PAPER)  # the bundled specs sweeps/task_diversity_PRESET.toml
+PRESETS = tuple(PAPER)
+# --quick: a pipeline check in seconds. Its numbers say nothing about the paper.
+QUICK = ("steps=40", "eval_every=20", "checkpoint_every=20", "n_sequences=256", "eval_sequences=64")
+QUICK_NOTE = (
+    "\n\n**Quick run** (`--quick`: every run shortened to " + ", ".join(QUICK) + "): a "
+    "pipeline check, not a measurement; its checks are expected to fail."
+)  # the bundled specs sweeps/task_diversity_PRESET.toml
 
 
 @dataclass
@@ -61,15 +69,19 @@ def reproduce_task_diversity(
     progress: bool = True,
     pdf: bool = False,
     spec_path: str | Path | None = None,
+    quick: bool = False,
 ) -> TaskDiversityReport:
-    """spec_path replaces the preset's spec (the report still quotes the preset's expectations)."""
+    """spec_path replaces the preset's spec (the report still quotes the preset's expectations).
+    quick: every run shortened by QUICK, to check the pipeline in seconds (not the science)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     spec = load_spec(spec_path or SPECS_DIR / f"task_diversity_{preset}.toml")
+    if quick:
+        spec = dataclasses.replace(spec, overrides=(*spec.overrides, *QUICK))
     sweep = run_sweep(spec, out_dir, executor, progress=progress)
     if sweep.failed:
         failed = ", ".join(sweep.failed)
-        raise RuntimeError(f"runs {failed} failed; see `iclab status {out_dir}` and retry")
+        raise SweepError(f"runs {failed} failed; see `iclab status {out_dir}` and retry")
     primary = spec.threshold.get("criterion", "batch_doubling")
     threshold = find_threshold(spec, out_dir, executor, progress=progress)
     write_threshold(out_dir, threshold)
@@ -138,7 +150,7 @@ def reproduce_task_diversity(
     )
     report = f"""# Task diversity (Raventos et al. 2023), preset `{preset}`
 
-{PAPER[preset]}
+{PAPER[preset]}{QUICK_NOTE if quick else ""}
 
 Wall time: {seconds:.0f} s ({len(sweep.completed)} runs trained now, {len(sweep.skipped)} reused).
 Spec: `sweeps/task_diversity_{preset}.toml`; runs in `{out_dir}/runs/`, tidy table by

@@ -1,0 +1,86 @@
+"""Every command the README shows runs end to end through the `iclab` console script, at
+miniature settings, and the README shows no command that is not exercised here."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).with_name("iclab")
+SMALL = ["steps=8", "eval_every=4", "checkpoint_every=4", "n_sequences=64", "eval_sequences=32"]
+SET = [arg for value in SMALL for arg in ("--set", value)]
+TESTED = {"presets", "train", "eval", "demo", "analyze", "reproduce", "sweep", "status"}
+TESTED |= {"results", "plot", "threshold", "bench"}
+
+
+def iclab(*args, expect: int = 0) -> str:
+    done = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == expect, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_every_command_in_the_readme_is_tested_here():
+    text = (ROOT / "README.md").read_text()
+    blocks = "\n".join(re.findall(r"```\n(.*?)```", text, re.S))
+    shown = set(re.findall(r"^\s*iclab ([a-z-]+)", blocks, re.M))
+    shown |= set(re.findall(r"`iclab ([a-z-]+)[^`]*`", text))
+    assert shown, "no commands found: the pattern no longer matches the README"
+    assert shown <= TESTED, f"README commands without an end-to-end test: {shown - TESTED}"
+
+
+def test_train_eval_and_the_presets(tmp_path):
+    assert "autoregressive-linear" in iclab("presets")
+    run = tmp_path / "run"
+    iclab("train", "tiny", *SET, "--out", run, "--no-progress")
+    assert json.loads((run / "eval.json").read_text())["n_sequences"] == 64
+    assert "reevaluation" in iclab("eval", run, "--n-sequences", "32")
+    assert json.loads((run / "reevaluation.json").read_text())["n_sequences"] == 32
+
+
+def test_demo_with_overrides(tmp_path):
+    out = tmp_path / "demo"
+    printed = iclab("demo", "--out", out, *SET, "--no-progress", expect=1)  # too short to hold
+    assert "Bayesian regime" in printed and (out / "task_diversity.png").stat().st_size > 10_000
+    assert "complete" in iclab("status", out)
+
+
+def test_sweep_status_results_plot_threshold(tmp_path):
+    spec = tmp_path / "spec.toml"
+    fixed = "\n".join(value.replace("=", " = ") for value in SMALL)
+    spec.write_text(
+        f'base = "tiny"\n[set]\n{fixed}\n[grid]\nn_tasks = [1, 4, "inf"]\nbatch_size = [8, 16]\n'
+        '[threshold]\ncriterion = "fraction"\n'
+    )
+    out = tmp_path / "sweep"
+    iclab("sweep", spec, "--out", out, "--no-progress")
+    assert iclab("status", out).count("complete") == 6
+    iclab("results", out)
+    assert (out / "results.csv").read_text().count("\n") == 1 + 6 * 2
+    iclab("plot", out, "--m", "1", "inf")
+    assert (out / "task_diversity.png").exists() and (out / "mse_per_position_by_M.png").exists()
+    assert "threshold:" in iclab("threshold", spec, "--out", out, "--no-progress")
+    assert json.loads((out / "threshold.json").read_text())["criterion"] == "fraction"
+
+
+@pytest.mark.parametrize("study", ["autoregressive", "task-diversity"])
+def test_reproduce_quick(tmp_path, study):
+    out = tmp_path / study
+    done = subprocess.run(
+        [SCRIPT, "reproduce", study, "--quick", "--out", out, "--no-progress", "--workers", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "pipeline check" in report and f"report: {out / 'report.md'}" in done.stdout
+
+
+def test_analyze_and_bench(tmp_path):
+    run = tmp_path / "run"
+    iclab("train", "autoregressive-linear", *SET, "--out", run, "--no-progress")
+    assert "one-step GD fit" in iclab("analyze", run, "--n-sequences", "32")
+    assert "usage" in iclab("bench", "--help").lower()

@@ -155,3 +155,26 @@ def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     code, text = run_cli(["presets"], capsys)
     assert code == 130
     assert "interrupted" in text and "--resume" in text and "Traceback" not in text
+
+
+def test_a_full_disk_gives_one_message_and_keeps_what_was_written(tmp_path, capsys):
+    """On a file system too small for the checkpoint: exit 2 naming the problem, the files
+    written before it intact, and no half-written temp file left behind."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount rights)")
+    try:
+        out = disk / "run"
+        small = ["steps=8", "checkpoint_every=4", "eval_every=4", "eval_sequences=16"]
+        args = [arg for value in small for arg in ("--set", value)]
+        code, text = run_cli(["train", "tiny", *args, "--out", str(out), "--no-progress"], capsys)
+        assert code == 2 and "No space left on device" in text and "Traceback" not in text
+        assert (out / "config.toml").read_text().startswith("[task]")
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+        assert not (out / "checkpoint.safetensors").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -106,3 +106,24 @@ def test_the_estimate_is_an_upper_bound_within_a_small_factor():
     estimated = parts[PARAMETERS] + parts[ACTIVATIONS] + parts[POOL]
     assert measured > 2**27  # the batch dominates what is measured
     assert measured <= estimated <= 4 * measured, (measured, estimated)
+
+
+def test_a_sweep_worker_checks_memory_on_its_own_device(tmp_path):
+    """In a sweep the check runs where the run trains (a worker, local or Ray): a run that cannot
+    fit is recorded failed with the memory message, and the sweep goes on with the others."""
+    from iclab.sweeps.executors import LocalExecutor
+    from iclab.sweeps.runner import run_sweep
+    from iclab.sweeps.spec import load_spec
+    from iclab.sweeps.store import SweepStore
+
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        'base = "tiny"\n[set]\nsteps = 4\nn_sequences = 32\neval_sequences = 16\n'
+        "[grid]\nbatch_size = [8, 1000000000]\n"
+    )
+    runs = load_spec(spec).runs()
+    outcome = run_sweep(load_spec(spec), tmp_path / "out", LocalExecutor(), progress=False)
+    huge = runs[1].run_hash
+    assert list(outcome.failed) == [huge] and outcome.completed == [runs[0].run_hash]
+    failure = SweepStore(tmp_path / "out").run(huge).failure()
+    assert "train.batch_size = 1000000000 is not allowed" in failure and "memory" in failure

@@ -159,6 +159,16 @@ def _assert_all_end(pids: set[int], within: float = 5.0) -> None:
     assert not left, f"processes of the sweep outlived its driver by {within} s: {sorted(left)}"
 
 
+def _sigkill_driver(process) -> set[int]:
+    """SIGKILL a sweep driver and assert that every process it started ends within seconds;
+    returns their pids."""
+    descendants = _descendants(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    _assert_all_end(descendants)
+    return descendants
+
+
 def _steps(run_dir: Path) -> list[int]:
     return [
         json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -179,10 +189,7 @@ def test_sigkill_mid_sweep_then_restart_completes_each_run_once(tmp_path):
     try:
         _wait_for(lambda: store.run(runs[1].run_hash).status() == "interrupted", process)
         _wait_for(lambda: store.run(runs[1].run_hash).checkpoint_step() >= 60, process)
-        descendants = _descendants(process.pid)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        _assert_all_end(descendants)
+        _sigkill_driver(process)
     finally:
         process.kill()
         process.wait()
@@ -216,19 +223,13 @@ def test_sigkill_of_a_pool_sweep_driver_ends_all_its_processes(tmp_path):
     runs = load_spec(spec).runs()
     store = SweepStore(tmp_path / "sweep")
     process = _launch(spec, tmp_path / "sweep", workers=2)
-    descendants: set[int] = set()
     try:
         _wait_for(lambda: all(store.run(r.run_hash).checkpoint_step() >= 20 for r in runs), process)
-        descendants = _descendants(process.pid)
+        descendants = _sigkill_driver(process)  # kills any survivor before it asserts
         assert len(descendants) >= 3  # two workers and the manager (and a resource tracker)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-        _assert_all_end(descendants)
     finally:
         process.kill()
         process.wait()
-        for pid in _alive(descendants):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path):

@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> tuple[d
     config = run.config()
     device = resolve_device(config.train.device)
     model = build_model(config, device)
-    run.load_checkpoint(model)
+    run.load_checkpoint(model, run_hash=config.run_hash())  # config.toml is read once
     task = make_task(config.task, device)
     evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
     _plot(config, evaluation, run.file(REEVALUATION_FIGURE))

@@ -160,10 +160,12 @@ class RunDirectory:
         run_hash = self.config().run_hash() if run_hash is None else run_hash
         save_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, step, run_hash, train_losses)
 
-    def load_checkpoint(self, model: torch.nn.Module, optimizer=None) -> int:
+    def load_checkpoint(
+        self, model: torch.nn.Module, optimizer=None, run_hash: str | None = None
+    ) -> int:
         """Restore the checkpoint into model (and optimizer); returns its step count. The
-        checkpoint must belong to this run's config (CheckpointError otherwise)."""
-        return self.restore_checkpoint(model, optimizer).step
+        checkpoint must belong to the run of run_hash (default: this run's config)."""
+        return self.restore_checkpoint(model, optimizer, run_hash).step
 
     def restore_checkpoint(
         self, model: torch.nn.Module, optimizer=None, run_hash: str | None = None

@@ -114,7 +114,7 @@ def analyze_run(
         )
     device = torch.device("cpu")
     model = build_model(config, device)
-    run.load_checkpoint(model)
+    run.load_checkpoint(model, run_hash=config.run_hash())  # config.toml is read once
     task = make_task(config.task, device)
     result = analyze_model(model, task, n_sequences, config.eval.eval_seed, minimiser_steps)
     if figures:

@@ -108,7 +108,7 @@ def test_each_family_evaluates_a_model_on_its_own_distributions_and_pairs(name):
         assert set(result["mse_mean"]) == {MODEL_NAME, *baselines}
         pairs = {f"{a},{b}" for a, b in family.metric_pairs(baselines)}
         assert set(result["delta_mean"]) == pairs
-        bayes = family.bayes[distribution]
+        bayes = family.bayes(config.task)[distribution]
         # The Bayes estimator of a distribution has the lowest error of the baselines there.
         mse = result["mse_mean"]
         assert mse[bayes] <= min(mse[b] for b in baselines) + 1e-9

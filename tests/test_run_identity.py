@@ -104,8 +104,10 @@ def test_run_hashes_match_the_pre_redesign_code(make, expected):
     assert make().run_hash() == expected
 
 
-def test_current_code_writes_the_old_config_text():
-    assert config_to_toml(load_config("tiny", OLD_OVERRIDES)) == OLD_CONFIG_TOML
+def test_current_code_writes_the_old_config_text_plus_the_added_fields():
+    added = 'pool_seed = 0\nprior = "gaussian"\n'  # task.prior, added with the Laplace prior
+    expected = OLD_CONFIG_TOML.replace("pool_seed = 0\n", added, 1)
+    assert config_to_toml(load_config("tiny", OLD_OVERRIDES)) == expected
 
 
 # -- added fields -------------------------------------------------------------------------------

@@ -39,11 +39,14 @@ class Family:
     model_families: tuple[str, ...] = ()  # model.family values that read its sequences
     distributions: tuple[str, ...] = ()  # named evaluation distributions
     distribution_titles: dict[str, str] = {}  # how figures name them ("evaluated on the ...")
-    bayes: dict[str, str] = {}  # distribution -> the baseline that is Bayes-optimal there
     status_metrics: tuple[tuple[str, str], ...] = ()  # (distribution, pair) shown by `status`
     # Task fields in which runs of one stacked ensemble may differ (with the seed); None: its runs
     # always train alone.
     member_fields: tuple[str, ...] | None = None
+
+    def bayes(self, config) -> dict[str, str]:
+        """Distribution -> the baseline that is Bayes-optimal there, for a task config."""
+        raise NotImplementedError
 
     def make_task(self, config, device: torch.device | str):
         """The sampler object (see iclab.tasks) of a task config."""

@@ -86,8 +86,10 @@ class Autoregressive(Family):
     model_families = ("linear_attention", "diagonal_attention")
     distributions = ("true",)
     distribution_titles = {"true": "true distribution (a fresh W per sequence)"}
-    bayes = {"true": ORACLE}
     status_metrics = (("true", "PT,OneStepGD"), ("true", "PT,LeastSquares"))
+
+    def bayes(self, config) -> dict[str, str]:
+        return {"true": ORACLE}
 
     def make_task(self, config, device):
         from iclab.tasks.autoregressive import AutoregressiveTask

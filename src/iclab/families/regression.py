@@ -1,8 +1,10 @@
 """Noisy linear regression in context (Raventos et al. 2023): the task-diversity family.
 
 Pretraining draws w uniformly from a pool of M tasks (task.n_tasks; None is M = infinity), the
-true distribution a fresh w from the prior per sequence. Baselines: Ridge (Bayes for the prior)
-and dMMSE (Bayes for the pool; it is Ridge when M is infinite).
+true distribution a fresh w from the prior per sequence. Baselines: Ridge (Bayes for the Gaussian
+prior) and dMMSE (Bayes for the pool; at M = infinity the prior's Bayes estimator). With
+task.prior = "laplace" the tasks have i.i.d. Laplace coordinates and LaplaceBayes, a Monte-Carlo
+posterior mean (iclab.estimators.laplace_posterior), is the prior's Bayes estimator.
 """
 
 from dataclasses import dataclass
@@ -17,15 +19,18 @@ from iclab.families import (
     Family,
     register,
 )
-from iclab.validation import require
+from iclab.validation import added_field, require
 
 RIDGE = "Ridge"
 DMMSE = "dMMSE"
 PT_RIDGE = "PT,Ridge"
 PT_DMMSE = "PT,dMMSE"
 DMMSE_RIDGE = "dMMSE,Ridge"
+LAPLACE_BAYES = "LaplaceBayes"
+PRIORS = ("gaussian", "laplace")
 STORED_ENERGIES = 2**25  # dMMSE's bound on the energies a worker thread keeps (pool_posterior)
 PAIRS = (("PT", RIDGE), ("PT", DMMSE), (DMMSE, RIDGE))
+LAPLACE_PAIRS = (("PT", LAPLACE_BAYES), (LAPLACE_BAYES, RIDGE))
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,9 @@ class RegressionTaskConfig:
     """Noisy linear regression y = w.x + eps (Raventos et al. 2023).
 
     n_tasks is the task diversity M: a pool of M tasks drawn once from the prior (nested in M for a
-    fixed pool_seed), or None for M = infinity (a fresh task per sequence).
+    fixed pool_seed), or None for M = infinity (a fresh task per sequence). prior is the
+    distribution of tasks, "gaussian" (N(0, prior_std^2 I)) or "laplace" (i.i.d. Laplace
+    coordinates of variance prior_std^2).
     """
 
     family: str = "regression"
@@ -43,6 +50,7 @@ class RegressionTaskConfig:
     noise_std: float = 0.5
     prior_std: float = 1.0
     pool_seed: int = 0
+    prior: str = added_field("gaussian")
 
     def __post_init__(self):
         require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
@@ -56,6 +64,13 @@ class RegressionTaskConfig:
         require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
         require(self.prior_std > 0, "task.prior_std", self.prior_std, "a number > 0")
         require(self.pool_seed >= 0, "task.pool_seed", self.pool_seed, "an integer >= 0")
+        require(self.prior in PRIORS, "task.prior", self.prior, f"one of {PRIORS}")
+        require(
+            self.prior != "laplace" or self.noise_std > 0,
+            "task.noise_std",
+            self.noise_std,
+            'a number > 0 with task.prior = "laplace" (its Bayes estimator needs noise)',
+        )
 
 
 class Regression(Family):
@@ -65,9 +80,11 @@ class Regression(Family):
     model_families = ("gpt",)
     distributions = ("pretrain", "true")
     distribution_titles = {"pretrain": "pretraining pool", "true": "true prior (new tasks)"}
-    bayes = {"pretrain": DMMSE, "true": RIDGE}
     status_metrics = (("true", PT_RIDGE), ("true", PT_DMMSE), ("pretrain", PT_DMMSE))
     member_fields = ("n_tasks", "noise_std", "prior_std", "pool_seed")
+
+    def bayes(self, config) -> dict[str, str]:
+        return {"pretrain": DMMSE, "true": LAPLACE_BAYES if config.prior == "laplace" else RIDGE}
 
     def make_task(self, config, device):
         from iclab.tasks.regression import RegressionTask
@@ -75,21 +92,29 @@ class Regression(Family):
         return RegressionTask(config, device)
 
     def baselines(self, task) -> dict:
+        from iclab.estimators.laplace_posterior import LaplaceBayes
         from iclab.estimators.pool_posterior import DMMSE as PoolPosteriorMean
         from iclab.estimators.regression import Ridge
 
         config = task.config
-        ridge = Ridge(noise_std=config.noise_std, prior_std=config.prior_std)
-        pool_mean = ridge if task.pool is None else PoolPosteriorMean(task.pool, config.noise_std)
-        return {RIDGE: ridge, DMMSE: pool_mean}
+        prior_mean = ridge = Ridge(noise_std=config.noise_std, prior_std=config.prior_std)
+        extra = {}
+        if config.prior == "laplace":
+            prior_mean = LaplaceBayes(noise_std=config.noise_std, prior_std=config.prior_std)
+            extra = {LAPLACE_BAYES: prior_mean}
+        pool_mean = (
+            prior_mean if task.pool is None else PoolPosteriorMean(task.pool, config.noise_std)
+        )
+        return {RIDGE: ridge, DMMSE: pool_mean, **extra}
 
     def metric_pairs(self, baselines: dict) -> tuple[tuple[str, str], ...]:
-        return PAIRS
+        return PAIRS + (LAPLACE_PAIRS if LAPLACE_BAYES in baselines else ())
 
     def settings(self, config) -> dict:
         return {
             "n_tasks": "inf" if config.n_tasks is None else config.n_tasks,
             **super().settings(config),
+            "prior": config.prior,
         }
 
     def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
@@ -97,7 +122,8 @@ class Regression(Family):
         parameters P x 5 copies (weights, gradients, Adam's moments, a foreach temporary);
         activations (N + 1) layers of 20 B L E + 2 B H L^2 (L = 2 K tokens) plus 6 B K (D + 1)
         inputs; the pool 2 M D (drawing it holds two copies); an evaluation chunk of C
-        sequences: one layer at C, Ridge's 3 C K D^2 and dMMSE's bounded tiles per thread."""
+        sequences: one layer at C, Ridge's 3 C K D^2, dMMSE's bounded tiles per thread and, for
+        the Laplace prior, LaplaceBayes's bounded filter state."""
         d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
         e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
         length = 2 * k
@@ -109,6 +135,10 @@ class Regression(Family):
         evaluation = layer(chunk) + inputs(chunk) + 3 * chunk * k * d * d
         if m:
             evaluation += threads * 2 * min(STORED_ENERGIES, 32 * m)
+        if config.task.prior == "laplace":  # LaplaceBayes's filter: covariances and their update
+            from iclab.estimators.laplace_posterior import FILTER_ELEMENTS
+
+            evaluation += 3 * FILTER_ELEMENTS
         return {
             PARAMETERS: PARAMETER_COPIES * FLOAT * parameters,
             ACTIVATIONS: FLOAT * ((n + 1) * layer(b) + inputs(b)),

@@ -1,11 +1,13 @@
 """Noisy linear regression (Raventos et al. 2023): x ~ N(0, I_D), y = w.x + eps, eps ~ N(0, sigma^2).
 
-Tasks w come from the prior N(0, prior_std^2 I_D). The pretraining distribution is uniform over a
+Tasks w come from the prior: N(0, prior_std^2 I_D), or with task.prior = "laplace" i.i.d. Laplace
+coordinates of the same variance prior_std^2 (the paper's Fig. 14). The pretraining distribution is uniform over a
 pool of M tasks; the pool for M is the first M rows of one master stream (drawn in fixed blocks, each
 from its own seed), so pools are nested in M for a fixed pool_seed and a sweep over M changes only
 the diversity. M = infinity (n_tasks None) draws a fresh task per sequence.
 """
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +21,21 @@ if TYPE_CHECKING:  # for type hints only: the config is defined by its family mo
     from iclab.families.regression import RegressionTaskConfig
 
 
-def draw_pool(n_tasks: int, n_dims: int, prior_std: float, pool_seed: int) -> torch.Tensor:
+def draw_prior(
+    prior: str, shape: tuple[int, ...], prior_std: float, generator: torch.Generator, device
+) -> torch.Tensor:
+    """Tasks from the prior: Gaussian, or Laplace as b (E1 - E2) with E1, E2 ~ Exponential(1) and
+    b = prior_std / sqrt(2), so that both have variance prior_std^2 per coordinate."""
+    if prior == "gaussian":
+        return prior_std * torch.randn(shape, generator=generator, device=device)
+    uniform = torch.rand((2, *shape), generator=generator, device=device)
+    exponential = -torch.log1p(-uniform)  # 1 - U lies in (0, 1], so this is finite
+    return prior_std / math.sqrt(2.0) * (exponential[0] - exponential[1])
+
+
+def draw_pool(
+    n_tasks: int, n_dims: int, prior_std: float, pool_seed: int, prior: str = "gaussian"
+) -> torch.Tensor:
     """The first n_tasks rows of the master task stream of pool_seed: (n_tasks, n_dims), on CPU.
 
     Drawn on the CPU in blocks of POOL_BLOCK_ROWS rows, each block from its own seed, so the rows do
@@ -27,12 +43,16 @@ def draw_pool(n_tasks: int, n_dims: int, prior_std: float, pool_seed: int) -> to
     """
     n_blocks = -(-n_tasks // POOL_BLOCK_ROWS)
     blocks = [
-        torch.randn(
-            POOL_BLOCK_ROWS, n_dims, generator=make_generator("cpu", pool_seed, POOL_STREAM, block)
+        draw_prior(
+            prior,
+            (POOL_BLOCK_ROWS, n_dims),
+            prior_std,
+            make_generator("cpu", pool_seed, POOL_STREAM, block),
+            "cpu",
         )
         for block in range(n_blocks)
     ]
-    return torch.cat(blocks)[:n_tasks] * prior_std
+    return torch.cat(blocks)[:n_tasks]
 
 
 class RegressionTask:
@@ -46,7 +66,9 @@ class RegressionTask:
         self.device = torch.device(device)
         self.pool = None
         if config.n_tasks is not None:
-            pool = draw_pool(config.n_tasks, config.n_dims, config.prior_std, config.pool_seed)
+            pool = draw_pool(
+                config.n_tasks, config.n_dims, config.prior_std, config.pool_seed, config.prior
+            )
             self.pool = pool.to(self.device)
 
     def sample(
@@ -61,7 +83,7 @@ class RegressionTask:
             index = torch.randint(len(self.pool), (batch_size,), generator=generator, device=device)
             ws = self.pool[index]
         else:
-            ws = c.prior_std * torch.randn(batch_size, c.n_dims, generator=generator, device=device)
+            ws = draw_prior(c.prior, (batch_size, c.n_dims), c.prior_std, generator, device)
         noise = torch.randn(batch_size, c.n_points, generator=generator, device=device)
         ys = torch.einsum("bkd,bd->bk", xs, ws) + c.noise_std * noise
         return xs, ys, ws

@@ -2,14 +2,16 @@
 
 Every predictor (trained model or estimator) is called as predictor(*arguments) on an evaluation
 chunk and returns predictions per position; the task's prediction_batch gives (arguments, target).
-Errors are squared differences (|.|^2 for complex values) summed over the output's coordinates,
-averaged over sequences and divided by the family's metric scale (D, as the papers report them):
+The metrics are the task family's (iclab.families: Family.predictor_metrics, pair_metrics),
+averaged over sequences and divided by the family's metric scale; for regression (D, as the papers
+report them):
 
     mse[name][k]      = E[(f(S_k) - y_k)^2] / D
     delta["A,B"][k]   = E[(f_A(S_k) - f_B(S_k))^2] / D      (Delta_{A,B} of papers.md, per position)
 
-and `*_mean` are the averages over positions. Which predictors, pairs and distributions a model is
-evaluated on is its task family's choice (iclab.families).
+and `*_mean` are the averages over positions; the evaluation's "metric_labels" name every metric
+for tables. Which predictors, pairs and distributions a model is evaluated on is also the family's
+choice.
 """
 
 from collections.abc import Callable
@@ -18,37 +20,43 @@ import torch
 
 from iclab.families import MODEL_NAME, family_of
 
-
-def _squared_error_per_position(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Sum over sequences and output coordinates of |a - b|^2 (complex states count a complex
-    coordinate once), per position: (n_positions,), in double precision."""
-    wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
-    squared = (a.to(wide) - b.to(wide)).abs().square()
-    return squared.reshape(squared.shape[0], squared.shape[1], -1).sum(dim=(0, 2))
+# What evaluations written before they named their metrics ("metric_labels") hold.
+LEGACY_METRIC_LABELS = {"mse": "MSE/D", "delta": "Delta"}
 
 
-def _error_table(batches, predictors: dict, pairs, n_sequences: int, scale: float) -> dict:
-    """MSE / scale per predictor and Delta / scale per pair, per position and averaged, over
-    `batches` of (predictor arguments, target)."""
-    mse_sums: dict[str, torch.Tensor] = {}
-    delta_sums: dict[str, torch.Tensor] = {}
+def metric_labels(evaluation: dict) -> dict[str, str]:
+    """Metric name -> label of an evaluation (e.g. "mse" -> "MSE/D"), in the family's order."""
+    return evaluation.get("metric_labels", LEGACY_METRIC_LABELS)
+
+
+def _error_table(batches, predictors: dict, pairs, metrics: tuple, n_sequences, scale) -> dict:
+    """Every predictor metric per predictor and every pair metric per pair, per position
+    (divided by n_sequences and scale) and averaged over positions, over `batches` of
+    (predictor arguments, target). metrics: (predictor metrics, pair metrics) of the family."""
+    predictor_metrics, pair_metrics = metrics
+    sums: dict[str, dict[str, torch.Tensor]] = {
+        name: {} for name in (*predictor_metrics, *pair_metrics)
+    }
+
+    def add(metric: str, key: str, values: torch.Tensor) -> None:
+        sums[metric][key] = sums[metric].get(key, 0) + values.sum(0)
+
     for arguments, target in batches:
         predictions = {name: predict(*arguments) for name, predict in predictors.items()}
-        for name, prediction in predictions.items():
-            error = _squared_error_per_position(prediction, target)
-            mse_sums[name] = mse_sums.get(name, 0) + error
-        for a, b in pairs:
-            error = _squared_error_per_position(predictions[a], predictions[b])
-            delta_sums[f"{a},{b}"] = delta_sums.get(f"{a},{b}", 0) + error
-    to_list = lambda total: (total / (n_sequences * scale)).tolist()  # noqa: E731
-    mse = {name: to_list(total) for name, total in mse_sums.items()}
-    delta = {name: to_list(total) for name, total in delta_sums.items()}
-    return {
-        "mse": mse,
-        "delta": delta,
-        "mse_mean": {name: sum(v) / len(v) for name, v in mse.items()},
-        "delta_mean": {name: sum(v) / len(v) for name, v in delta.items()},
-    }
+        for metric, definition in predictor_metrics.items():
+            for name, prediction in predictions.items():
+                add(metric, name, definition.values(prediction, target))
+        for metric, definition in pair_metrics.items():
+            for a, b in pairs:
+                add(metric, f"{a},{b}", definition.values(predictions[a], predictions[b]))
+    table = {}
+    for metric, totals in sums.items():
+        per_position = {
+            key: (total / (n_sequences * scale)).tolist() for key, total in totals.items()
+        }
+        table[metric] = per_position
+        table[f"{metric}_mean"] = {key: sum(v) / len(v) for key, v in per_position.items()}
+    return table
 
 
 def _chunks(n_sequences: int, batch_size: int):
@@ -76,11 +84,15 @@ def evaluate(
             yield task.prediction_batch(distribution, seed, index, size)
 
     scale = family.metric_scale(task.config)
+    metrics = (family.predictor_metrics(task.config), family.pair_metrics(task.config))
     results = {
-        distribution: _error_table(batches(distribution), predictors, pairs, n_sequences, scale)
+        distribution: _error_table(
+            batches(distribution), predictors, pairs, metrics, n_sequences, scale
+        )
         for distribution in distributions or family.distributions
     }
-    return {"n_sequences": n_sequences, "distributions": results}
+    labels = {name: metric.label for group in metrics for name, metric in group.items()}
+    return {"n_sequences": n_sequences, "metric_labels": labels, "distributions": results}
 
 
 def evaluate_model(

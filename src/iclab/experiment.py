@@ -5,7 +5,7 @@ from pathlib import Path
 
 from iclab.config import RunConfig
 from iclab.families import family_of, make_task
-from iclab.plots import plot_mse_per_position
+from iclab.plots import plot_error_per_position
 from iclab.training import (
     RunDirectory,
     build_model,
@@ -67,4 +67,4 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> tuple[d
 
 
 def _plot(config: RunConfig, evaluation: dict, path: Path) -> None:
-    plot_mse_per_position(evaluation, path, family_of(config.task).distribution_titles)
+    plot_error_per_position(evaluation, path, family_of(config.task).distribution_titles)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import matplotlib
 
+from iclab.evaluation import metric_labels
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -19,19 +21,20 @@ def save_figure(figure, path: Path, pdf: bool) -> Path:
     return path
 
 
-def plot_mse_per_position(
+def plot_error_per_position(
     evaluation: dict, path: Path, titles: dict[str, str] | None = None, pdf: bool = False
 ) -> Path:
-    """Per-position MSE/D of every predictor on each evaluated distribution; titles names the
-    distributions (the task family's distribution_titles)."""
+    """Per-position error (the family's first metric, e.g. MSE/D) of every predictor on each
+    evaluated distribution; titles names the distributions (the family's distribution_titles)."""
+    metric, label = next(iter(metric_labels(evaluation).items()))
     distributions = evaluation["distributions"]
     figure, axes = plt.subplots(1, len(distributions), figsize=(5 * len(distributions), 4))
     axes = [axes] if len(distributions) == 1 else axes
     for axis, (distribution, result) in zip(axes, distributions.items(), strict=True):
-        for name, values in result["mse"].items():
+        for name, values in result[metric].items():
             axis.plot(range(1, len(values) + 1), values, label=name, marker=".")
         axis.set_xlabel("position k (in-context examples seen: k - 1)")
-        axis.set_ylabel("MSE / D")
+        axis.set_ylabel(label)
         axis.set_title(f"evaluated on the {(titles or {}).get(distribution, distribution)}")
         axis.grid(alpha=0.3)
         axis.legend()

@@ -1,5 +1,7 @@
 """Text tables for the terminal: plain aligned columns, and a run's evaluation summary."""
 
+from iclab.evaluation import metric_labels
+
 
 def format_table(header: list[str], rows: list[list]) -> str:
     """A plain text table; floats with 4 significant digits."""
@@ -11,11 +13,10 @@ def format_table(header: list[str], rows: list[list]) -> str:
 
 
 def format_evaluation(evaluation: dict) -> str:
-    """MSE/D and Delta (position averages) per distribution, as a text table."""
+    """Every metric (position averages) per distribution, as a text table."""
     rows = []
     for distribution, result in evaluation["distributions"].items():
-        for name, value in result["mse_mean"].items():
-            rows.append([distribution, f"MSE/D {name}", value])
-        for name, value in result["delta_mean"].items():
-            rows.append([distribution, f"Delta {name}", value])
+        for metric, label in metric_labels(evaluation).items():
+            for name, value in result[f"{metric}_mean"].items():
+                rows.append([distribution, f"{label} {name}", value])
     return format_table(["distribution", "metric (mean over positions)", "value"], rows)

@@ -14,6 +14,7 @@ family: adding one is a new module here (plus its sampler in tasks/ and any esti
 import importlib
 import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +29,25 @@ POOL = "task pool"
 EVALUATION = "evaluation chunk"
 FLOAT = 4  # bytes of a float32 value
 PARAMETER_COPIES = 5  # weights, gradients, Adam's two moments, a foreach temporary
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation metric: `values(a, b)` maps two (batch, n_positions, ...) outputs (a
+    prediction and the target, or two predictions) to (batch, n_positions) float64 values, summed
+    over output coordinates; evaluations average them over sequences and divide by the family's
+    metric scale. `label` names it in tables and figures."""
+
+    label: str
+    values: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b|^2 summed over output coordinates, in double precision (a complex coordinate counts
+    once)."""
+    wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
+    squared = (a.to(wide) - b.to(wide)).abs().square()
+    return squared.reshape(squared.shape[0], squared.shape[1], -1).sum(-1)
 
 
 class Family:
@@ -61,8 +81,17 @@ class Family:
         raise NotImplementedError
 
     def metric_scale(self, config) -> float:
-        """What squared errors are divided by (the papers report MSE / D)."""
+        """What the metrics are divided by (the papers report MSE / D)."""
         return config.n_dims
+
+    def predictor_metrics(self, config) -> dict[str, Metric]:
+        """Metrics of each predictor against the target, by the name evaluations store them
+        under; the first is the family's error (what `plot` draws per position)."""
+        return {"mse": Metric("MSE/D", squared_difference)}
+
+    def pair_metrics(self, config) -> dict[str, Metric]:
+        """Metrics between the two predictors of each metric pair; the first is Delta."""
+        return {"delta": Metric("Delta", squared_difference)}
 
     def model_predictor(self, model: torch.nn.Module) -> Callable:
         """The trained model as a predictor taking an evaluation chunk's arguments."""

@@ -1,15 +1,16 @@
 """The tidy results table of a sweep: one row per completed run and evaluated distribution.
 
 Columns: run (hash), family (task.family), the family's key settings (regression: n_tasks, written
-"inf" for M = infinity, and n_dims), batch_size, seed, the sweep's other grid keys, distribution,
-mse_NAME (MSE/D averaged over positions, per predictor) and delta_A,B (Delta/D averaged over
-positions).
+"inf" for M = infinity, and n_dims), batch_size, seed, the sweep's other grid keys, distribution, and
+METRIC_NAME for every metric of the family (regression: mse_NAME, MSE/D averaged over positions, per
+predictor, and delta_A,B, Delta/D averaged over positions, per metric pair).
 """
 
 import csv
 import io
 from pathlib import Path
 
+from iclab.evaluation import metric_labels
 from iclab.families import family_of
 from iclab.files import atomic_write_text
 from iclab.sweeps.store import SweepError, SweepStore
@@ -34,10 +35,12 @@ def results_rows(out_dir: str | Path) -> list[dict]:
             "seed": config.train.seed,
         }
         settings.update({k: v for k, v in grid_values.items() if k not in settings})
-        for distribution, result in run.evaluation()["distributions"].items():
+        evaluation = run.evaluation()
+        for distribution, result in evaluation["distributions"].items():
             row = {**settings, "distribution": distribution}
-            row.update({f"mse_{name}": value for name, value in result["mse_mean"].items()})
-            row.update({f"delta_{pair}": value for pair, value in result["delta_mean"].items()})
+            for metric in metric_labels(evaluation):
+                means = result[f"{metric}_mean"]
+                row.update({f"{metric}_{name}": value for name, value in means.items()})
             rows.append(row)
     return rows
 

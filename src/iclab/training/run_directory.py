@@ -23,6 +23,7 @@ from iclab.checkpoints import (
     save_checkpoint,
 )
 from iclab.config import ConfigError, RunConfig, config_to_toml, load_config
+from iclab.evaluation import metric_labels
 from iclab.files import (
     atomic_write_bytes,
     atomic_write_text,
@@ -48,12 +49,13 @@ def _evaluation_problem(evaluation) -> str | None:
     distributions = evaluation.get("distributions") if isinstance(evaluation, dict) else None
     if not isinstance(distributions, dict):
         return "expected a JSON object with a 'distributions' object"
+    labels = metric_labels(evaluation)
+    if not (isinstance(labels, dict) and labels):
+        return "'metric_labels' is not a non-empty object"
+    keys = [f"{metric}_mean" for metric in labels]
     for name, result in distributions.items():
-        if not (
-            isinstance(result, dict)
-            and all(isinstance(result.get(key), dict) for key in ("mse_mean", "delta_mean"))
-        ):
-            return f"distribution {name!r} lacks 'mse_mean' and 'delta_mean' objects"
+        if not (isinstance(result, dict) and all(isinstance(result.get(k), dict) for k in keys)):
+            return f"distribution {name!r} lacks one of the objects {keys}"
     return None
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from iclab.config import load_config
 from iclab.studies.task_diversity.demo import check_regimes, run_demo
+from iclab.studies.task_diversity.pairs import StudyPairs, study_pairs
 from iclab.sweeps.store import SweepStore
 
 
@@ -14,19 +15,31 @@ def row(n_tasks, pre, true):
     return out
 
 
+REGRESSION = StudyPairs(prior_bayes="Ridge", pool_bayes="dMMSE")
+
+
+def test_the_study_pairs_are_the_familys_bayes_estimators():
+    assert study_pairs(load_config("tiny").task) == REGRESSION
+    assert REGRESSION.columns == ("PT,Ridge", "PT,dMMSE", "dMMSE,Ridge")
+    classification = study_pairs(load_config("classification-tiny").task)
+    assert classification.columns == ("PT,GaussianBayes", "PT,PoolBayes", "PoolBayes,GaussianBayes")
+    laplace = study_pairs(load_config("tiny", ["task.prior=laplace"]).task)
+    assert laplace.to_prior == "PT,LaplaceBayes"
+
+
 def test_regime_checks_decide_on_the_numbers():
     bayes = row(1, (0.9, 0.01, 1.0), (2.0, 1.5, 3.0))
     ridge_like = row(256, (0.5, 0.4, 0.6), (0.05, 0.6, 0.5))
     infinite = row(None, (0.01, 0.01, 0.0), (0.01, 0.01, 0.0))
-    checks = check_regimes([bayes, ridge_like, infinite])
+    checks = check_regimes([bayes, ridge_like, infinite], REGRESSION)
     assert all(holds for holds, _ in checks.values())
     assert "M=256" in checks["non-Bayesian ICL (finite M)"][1]
 
     not_bayes = row(1, (0.9, 0.4, 1.0), (2.0, 1.5, 3.0))
-    assert not check_regimes([not_bayes, ridge_like])["Bayesian regime (small M)"][0]
+    assert not check_regimes([not_bayes, ridge_like], REGRESSION)["Bayesian regime (small M)"][0]
     # dMMSE already close to Ridge: PT being Ridge-like there is no evidence of non-Bayesian ICL.
     dmmse_is_ridge = row(256, (0.5, 0.4, 0.6), (0.05, 0.11, 0.06))
-    assert not check_regimes([bayes, dmmse_is_ridge])["non-Bayesian ICL (finite M)"][0]
+    assert not check_regimes([bayes, dmmse_is_ridge], REGRESSION)["non-Bayesian ICL (finite M)"][0]
 
 
 def test_demo_pipeline_on_a_miniature(tmp_path, capsys):

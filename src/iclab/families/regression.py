@@ -30,7 +30,8 @@ LAPLACE_BAYES = "LaplaceBayes"
 PRIORS = ("gaussian", "laplace")
 STORED_ENERGIES = 2**25  # dMMSE's bound on the energies a worker thread keeps (pool_posterior)
 PAIRS = (("PT", RIDGE), ("PT", DMMSE), (DMMSE, RIDGE))
-LAPLACE_PAIRS = (("PT", LAPLACE_BAYES), (LAPLACE_BAYES, RIDGE))
+# With the Laplace prior, LaplaceBayes is the prior's Bayes estimator: the study's pairs.
+LAPLACE_PAIRS = (("PT", LAPLACE_BAYES), (DMMSE, LAPLACE_BAYES), (LAPLACE_BAYES, RIDGE))
 
 
 @dataclass(frozen=True)
@@ -118,33 +119,39 @@ class Regression(Family):
         }
 
     def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
-        """Bytes per part (iclab.training.memory) of a GPT on regression sequences, in float32:
-        parameters P x 5 copies (weights, gradients, Adam's moments, a foreach temporary);
-        activations (N + 1) layers of 20 B L E + 2 B H L^2 (L = 2 K tokens) plus 6 B K (D + 1)
-        inputs; the pool 2 M D (drawing it holds two copies); an evaluation chunk of C
-        sequences: one layer at C, Ridge's 3 C K D^2, dMMSE's bounded tiles per thread and, for
-        the Laplace prior, LaplaceBayes's bounded filter state."""
-        d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
-        e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
-        length = 2 * k
-        parameters = (d + 1) * e + length * e + n * (12 * e * e + 13 * e) + 3 * e + 1
-        layer = lambda rows: 20 * rows * length * e + 2 * rows * h * length**2  # noqa: E731
-        inputs = lambda rows: 6 * rows * k * (d + 1)  # noqa: E731
-        m = s.get("task.n_tasks", 0)
-        chunk = s["chunk"]
-        evaluation = layer(chunk) + inputs(chunk) + 3 * chunk * k * d * d
+        """Bytes per part (iclab.training.memory): gpt_memory, plus Ridge's 3 C K D^2 for an
+        evaluation chunk of C sequences, dMMSE's bounded tiles per thread and, for the Laplace
+        prior, LaplaceBayes's bounded filter state."""
+        d, k, m, chunk = s["task.n_dims"], s["task.n_points"], s.get("task.n_tasks", 0), s["chunk"]
+        baselines = 3 * chunk * k * d * d
         if m:
-            evaluation += threads * 2 * min(STORED_ENERGIES, 32 * m)
+            baselines += threads * 2 * min(STORED_ENERGIES, 32 * m)
         if config.task.prior == "laplace":  # LaplaceBayes's filter: covariances and their update
             from iclab.estimators.laplace_posterior import FILTER_ELEMENTS
 
-            evaluation += 3 * FILTER_ELEMENTS
-        return {
-            PARAMETERS: PARAMETER_COPIES * FLOAT * parameters,
-            ACTIVATIONS: FLOAT * ((n + 1) * layer(b) + inputs(b)),
-            POOL: FLOAT * 2 * m * d,
-            EVALUATION: FLOAT * evaluation,
-        }
+            baselines += 3 * FILTER_ELEMENTS
+        return gpt_memory(s, baselines)
+
+
+def gpt_memory(s: dict[str, int], baselines: int) -> dict[str, int]:
+    """Bytes per part of a GPT on interleaved (x, y) sequences, in float32, with `baselines`
+    values of evaluation state: parameters P x 5 copies (weights, gradients, Adam's moments, a
+    foreach temporary); activations (N + 1) layers of 20 B L E + 2 B H L^2 (L = 2 K tokens) plus
+    6 B K (D + 1) inputs; the pool 2 M D (drawing it holds two copies); an evaluation chunk of C
+    sequences: one layer at C, its inputs, and the baselines."""
+    d, k, b = s["task.n_dims"], s["task.n_points"], s["train.batch_size"]
+    e, h, n = s["model.n_embd"], s["model.n_heads"], s["model.n_layers"]
+    length = 2 * k
+    parameters = (d + 1) * e + length * e + n * (12 * e * e + 13 * e) + 3 * e + 1
+    layer = lambda rows: 20 * rows * length * e + 2 * rows * h * length**2  # noqa: E731
+    inputs = lambda rows: 6 * rows * k * (d + 1)  # noqa: E731
+    m, chunk = s.get("task.n_tasks", 0), s["chunk"]
+    return {
+        PARAMETERS: PARAMETER_COPIES * FLOAT * parameters,
+        ACTIVATIONS: FLOAT * ((n + 1) * layer(b) + inputs(b)),
+        POOL: FLOAT * 2 * m * d,
+        EVALUATION: FLOAT * (layer(chunk) + inputs(chunk) + baselines),
+    }
 
 
 register(Regression())

@@ -5,18 +5,27 @@ errors for several M, and figure 4 (Delta over training), from rows or a sweep d
 import math
 from pathlib import Path
 
-from iclab.families.regression import DMMSE, DMMSE_RIDGE, PT_DMMSE, PT_RIDGE, Regression
+from iclab.evaluation import metric_labels
+from iclab.families import MODEL_NAME, family_of
 from iclab.plots import plt, save_figure
+from iclab.studies.task_diversity.pairs import StudyPairs, study_pairs
 from iclab.studies.task_diversity.threshold import read_threshold
 from iclab.sweeps.store import SweepError, SweepStore
 from iclab.sweeps.table import results_rows
 
-DISTRIBUTION_TITLES = Regression.distribution_titles
-PAIR_STYLES = {
-    PT_RIDGE: dict(label="$\\Delta_{PT,Ridge}$", color="tab:blue", marker="o"),
-    PT_DMMSE: dict(label="$\\Delta_{PT,dMMSE}$", color="tab:red", marker="s"),
-    DMMSE_RIDGE: dict(label="$\\Delta_{dMMSE,Ridge}$ (reference)", color="gray", ls="--"),
-}
+DISTRIBUTION_TITLES = {"pretrain": "pretraining pool", "true": "true prior (new tasks)"}
+
+
+def pair_styles(pairs: StudyPairs) -> dict[str, dict]:
+    """Line styles of the study's three Deltas (regression: PT-Ridge, PT-dMMSE, dMMSE-Ridge)."""
+    return {
+        pairs.to_prior: dict(label=f"$\\Delta_{{{pairs.to_prior}}}$", color="tab:blue", marker="o"),
+        pairs.to_pool: dict(label=f"$\\Delta_{{{pairs.to_pool}}}$", color="tab:red", marker="s"),
+        pairs.reference: dict(
+            label=f"$\\Delta_{{{pairs.reference}}}$ (reference)", color="gray", ls="--"
+        ),
+    }
+
 
 TASK_DIVERSITY_FIGURE = "task_diversity.png"
 MSE_FIGURE = "mse_per_position_by_M.png"
@@ -79,11 +88,13 @@ def plot_sweep(
     if missing:
         raise SweepError(f"no completed run with M in {missing} at batch size {batch_sizes[-1]}")
     evaluations = {m: store.run(runs[batch_sizes[-1], m]).evaluation() for m in n_tasks_shown}
+    task_config = store.run(runs[batch_sizes[-1], order[0]]).config().task
+    pairs = study_pairs(task_config)
     curves = {}
     for batch_size in batch_sizes:
         curves[f"batch size {batch_size}"] = {
             m: [
-                (r["step"], r["eval"]["distributions"]["true"]["delta_mean"][PT_RIDGE])
+                (r["step"], r["eval"]["distributions"]["true"]["delta_mean"][pairs.to_prior])
                 for r in store.run(runs[batch_size, m]).metrics()
             ]
             for m in order
@@ -91,11 +102,25 @@ def plot_sweep(
         }
     return [
         plot_task_diversity(
-            rows, out_dir / TASK_DIVERSITY_FIGURE, pdf, series_key="batch_size", threshold=threshold
+            rows,
+            out_dir / TASK_DIVERSITY_FIGURE,
+            pairs,
+            pdf,
+            series_key="batch_size",
+            threshold=threshold,
+            scale_label=_scale_label(task_config),
         ),
-        plot_mse_per_position_by_tasks(evaluations, out_dir / MSE_FIGURE, pdf),
-        plot_delta_over_training(curves, out_dir / TRAINING_FIGURE, pdf),
+        plot_error_per_position_by_tasks(evaluations, out_dir / MSE_FIGURE, pairs, pdf),
+        plot_delta_over_training(
+            curves, out_dir / TRAINING_FIGURE, pairs, pdf, _scale_label(task_config)
+        ),
     ]
+
+
+def _scale_label(task_config) -> str:
+    """What the family's Deltas are divided by, for axis labels."""
+    scale = family_of(task_config).metric_scale(task_config)
+    return "" if scale == 1 else " / D"
 
 
 def _log2_positions(n_tasks: list[int | None]) -> tuple[list[float], list[str]]:
@@ -113,15 +138,17 @@ SERIES_LINE_STYLES = ("-", "--", ":", "-.")
 def plot_task_diversity(
     rows: list[dict],
     path: Path,
+    pairs: StudyPairs,
     pdf: bool = False,
     series_key: str | None = None,
     threshold: tuple[int | None, int | None] | None = None,
+    scale_label: str = " / D",
 ) -> Path:
     """Delta_PT,Ridge and Delta_PT,dMMSE against log2 M on both distributions, with the
-    Delta_dMMSE,Ridge reference (the paper's figure 2). rows have keys 'n_tasks' (None: infinity)
-    and 'DISTRIBUTION:A,B' (as studies.task_diversity.demo.summarize makes them); with series_key, one line style
-    per value of row[series_key] (e.g. batch_size). threshold: a (low, high) bracket of log2 M*,
-    shaded."""
+    Delta_dMMSE,Ridge reference (the paper's figure 2; pairs names the family's estimators).
+    rows have keys 'n_tasks' (None: infinity) and 'DISTRIBUTION:A,B' (as
+    studies.task_diversity.demo.summarize makes them); with series_key, one line style per value of
+    row[series_key] (e.g. batch_size). threshold: a (low, high) bracket of log2 M*, shaded."""
     groups: dict = {}
     for row in rows:
         groups.setdefault(row.get(series_key) if series_key else None, []).append(row)
@@ -132,11 +159,11 @@ def plot_task_diversity(
     for axis, distribution in zip(axes, ("pretrain", "true"), strict=True):
         for index, (value, group) in enumerate(sorted(groups.items(), key=_series_order)):
             group = sorted(group, key=lambda r: math.inf if r["n_tasks"] is None else r["n_tasks"])
-            for pair, style in PAIR_STYLES.items():
-                if pair == DMMSE_RIDGE and index > 0:
+            for pair, style in pair_styles(pairs).items():
+                if pair == pairs.reference and index > 0:
                     continue  # the reference does not depend on the series
                 style = dict(style)
-                if series_key and pair != DMMSE_RIDGE:
+                if series_key and pair != pairs.reference:
                     style["label"] += f" ({series_key.replace('_', ' ')} {value})"
                     style["ls"] = SERIES_LINE_STYLES[index % len(SERIES_LINE_STYLES)]
                 _plot_pair(axis, group, distribution, pair, style, x_of)
@@ -147,7 +174,7 @@ def plot_task_diversity(
         axis.set_xlabel("task diversity $\\log_2 M$")
         axis.set_title(f"evaluated on the {DISTRIBUTION_TITLES[distribution]}")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("$\\Delta$ (squared prediction difference / D)")
+    axes[0].set_ylabel(f"$\\Delta$ (squared prediction difference{scale_label})")
     axes[1].legend(fontsize="small")
     return save_figure(figure, path, pdf)
 
@@ -175,36 +202,45 @@ def _plot_pair(axis, rows, distribution: str, pair: str, style: dict, x_of: dict
         axis.plot(*zip(*infinite, strict=True), color=style["color"], marker=marker, ls="")
 
 
-def plot_mse_per_position_by_tasks(evaluations: dict, path: Path, pdf: bool = False) -> Path:
-    """Per-position MSE/D of the PT (solid), dMMSE (dotted) and Ridge (dashed; black on the true
-    prior, where it is the same for every M) for several M, on each distribution. evaluations: n_tasks (None: infinity) -> eval.json contents."""
+def plot_error_per_position_by_tasks(
+    evaluations: dict, path: Path, pairs: StudyPairs, pdf: bool = False
+) -> Path:
+    """Per-position error (the family's first metric; regression: MSE/D) of the PT (solid), the
+    pool's Bayes estimator (dotted; dMMSE) and the prior's (dashed; Ridge, black on the true prior,
+    where it is the same for every M) for several M, on each distribution. evaluations: n_tasks
+    (None: infinity) -> eval.json contents."""
     distributions = ("pretrain", "true")
+    error, label = next(iter(metric_labels(next(iter(evaluations.values()))).items()))
+    pool, prior = pairs.pool_bayes, pairs.prior_bayes
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colors = plt.cm.viridis([i / max(1, len(evaluations) - 1) for i in range(len(evaluations))])
     for axis, distribution in zip(axes, distributions, strict=True):
         for color, (n_tasks, evaluation) in zip(colors, evaluations.items(), strict=True):
-            mse = evaluation["distributions"][distribution]["mse"]
-            label = "$\\infty$" if n_tasks is None else str(n_tasks)
-            positions = range(1, len(mse["PT"]) + 1)
-            axis.plot(positions, mse["PT"], color=color, marker=".", label=f"PT, M = {label}")
+            errors = evaluation["distributions"][distribution][error]
+            m = "$\\infty$" if n_tasks is None else str(n_tasks)
+            positions = range(1, len(errors[MODEL_NAME]) + 1)
+            axis.plot(positions, errors[MODEL_NAME], color=color, marker=".", label=f"PT, M = {m}")
             if n_tasks is not None:
-                axis.plot(positions, mse[DMMSE], color=color, ls=":", label=f"dMMSE, M = {label}")
-            if distribution == "pretrain":  # each M has its own pool, so Ridge's error differs
-                axis.plot(positions, mse["Ridge"], color=color, ls="--", lw=0.8)
+                axis.plot(positions, errors[pool], color=color, ls=":", label=f"{pool}, M = {m}")
+            if distribution == "pretrain":  # each M has its own pool, so the prior's error differs
+                axis.plot(positions, errors[prior], color=color, ls="--", lw=0.8)
         if distribution == "true":
-            axis.plot(positions, mse["Ridge"], color="black", ls="--", label="Ridge")
+            axis.plot(positions, errors[prior], color="black", ls="--", label=prior)
         axis.set_yscale("log")
         axis.set_xlabel("position k (in-context examples seen: k - 1)")
         axis.set_title(f"evaluated on the {DISTRIBUTION_TITLES[distribution]}")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("MSE / D")
+    axes[0].set_ylabel(label)
     axes[1].legend(fontsize="small", ncol=2)
     return save_figure(figure, path, pdf)
 
 
-def plot_delta_over_training(curves: dict, path: Path, pdf: bool = False) -> Path:
-    """Delta_PT,Ridge on the true distribution against training step, one line per M (the
-    paper's figure 4). curves: panel title -> {n_tasks (None: infinity): [(step, delta), ...]}."""
+def plot_delta_over_training(
+    curves: dict, path: Path, pairs: StudyPairs, pdf: bool = False, scale_label: str = " / D"
+) -> Path:
+    """Delta_PT,Ridge (pairs.to_prior) on the true distribution against training step, one line
+    per M (the paper's figure 4). curves: panel title -> {n_tasks (None: infinity): [(step,
+    delta), ...]}."""
     figure, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for axis, (title, lines) in zip(axes[0], curves.items(), strict=True):
         order = sorted(lines, key=lambda m: math.inf if m is None else m)
@@ -215,7 +251,7 @@ def plot_delta_over_training(curves: dict, path: Path, pdf: bool = False) -> Pat
             axis.plot(steps, values, color=color, marker=".", label=label)
         axis.set_yscale("log")
         axis.set_xlabel("training step")
-        axis.set_ylabel("$\\Delta_{PT,Ridge}$ on the true prior (/ D)")
+        axis.set_ylabel(f"$\\Delta_{{{pairs.to_prior}}}$ on the true prior{scale_label}")
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iclab.config import PRESETS_DIR
-from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
 from iclab.files import atomic_write_text
 from iclab.results import format_table
-from iclab.studies.task_diversity.demo import PAIR_COLUMNS, check_regimes
+from iclab.studies.task_diversity.demo import check_regimes
 from iclab.studies.task_diversity.figures import plot_sweep, task_diversity_rows
+from iclab.studies.task_diversity.pairs import study_pairs
 from iclab.studies.task_diversity.threshold import (
     CRITERIA,
     find_threshold,
@@ -89,6 +89,8 @@ def reproduce_task_diversity(
     rows = task_diversity_rows(out_dir)
     batch_sizes = sorted({r["batch_size"] for r in rows})
     grid_tasks = {m if isinstance(m, int) else None for m in spec.grid["n_tasks"]}
+    pairs = study_pairs(spec.config({}).task)
+    columns = pairs.columns
 
     # The other criterion, on the sweep's grid only (no extra training).
     other = next(c for c in CRITERIA if c != primary)
@@ -99,19 +101,23 @@ def reproduce_task_diversity(
         at_m = [by_key.get((b, m)) for b in batch_sizes[: 2 if other == "batch_doubling" else 1]]
         if None in at_m or (other == "batch_doubling" and len(at_m) < 2):
             continue
-        true_deltas = [{p: r[f"true:{p}"] for p in PAIR_COLUMNS} for r in at_m]
-        holds, _ = judge(other, fraction, batch_sizes, true_deltas)
+        true_deltas = [{p: r[f"true:{p}"] for p in columns} for r in at_m]
+        holds, _ = judge(other, fraction, batch_sizes, true_deltas, pairs)
         second = (
-            true_deltas[-1][PT_RIDGE] if other == "batch_doubling" else true_deltas[0][DMMSE_RIDGE]
+            true_deltas[-1][pairs.to_prior]
+            if other == "batch_doubling"
+            else true_deltas[0][pairs.reference]
         )
         other_lines.append(
-            f"| {_label(m)} | {true_deltas[0][PT_RIDGE]:.4g} | {second:.4g} | "
+            f"| {_label(m)} | {true_deltas[0][pairs.to_prior]:.4g} | {second:.4g} | "
             f"{'holds' if holds else 'fails'} |"
         )
     other_header = (
-        f"| M | Delta_PT,Ridge(true) batch {batch_sizes[0]} | batch {batch_sizes[-1]} | lower |"
+        f"| M | Delta_{pairs.to_prior}(true) batch {batch_sizes[0]} | batch {batch_sizes[-1]} | "
+        "lower |"
         if other == "batch_doubling"
-        else f"| M | Delta_PT,Ridge(true) batch {batch_sizes[0]} | Delta_dMMSE,Ridge(true) | "
+        else f"| M | Delta_{pairs.to_prior}(true) batch {batch_sizes[0]} | "
+        f"Delta_{pairs.reference}(true) | "
         f"< {fraction:g} x |"
     )
 
@@ -120,19 +126,19 @@ def reproduce_task_diversity(
         grid_rows = [
             r for r in rows if r["batch_size"] == batch_size and r["n_tasks"] in grid_tasks
         ]
-        for name, (holds, text) in check_regimes(grid_rows).items():
+        for name, (holds, text) in check_regimes(grid_rows, pairs).items():
             checks[f"{name}, batch {batch_size}"] = (holds, text)
 
     table_rows = [
         [r["batch_size"], _label(r["n_tasks"])]
-        + [r[f"{d}:{p}"] for d in ("pretrain", "true") for p in PAIR_COLUMNS]
+        + [r[f"{d}:{p}"] for d in ("pretrain", "true") for p in columns]
         for r in sorted(
             rows,
             key=lambda r: (r["batch_size"], math.inf if r["n_tasks"] is None else r["n_tasks"]),
         )
     ]
     table = format_table(
-        ["batch", "M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in PAIR_COLUMNS],
+        ["batch", "M"] + [f"{d[:4]} {p}" for d in ("pretrain", "true") for p in columns],
         table_rows,
     )
     evidence = "\n".join(

@@ -1,6 +1,7 @@
 """Task-diversity threshold M*: bisection over log2 M, training only the runs it needs.
 
-Criteria, evaluated on the true distribution (new tasks) at M = 2^e:
+Criteria, evaluated on the true distribution (new tasks) at M = 2^e, named here for regression (the
+family's Bayes estimators in general: studies.task_diversity.pairs):
 - "batch_doubling" (the paper's operational one): doubling the batch size lowers Delta_PT,Ridge;
   below M* more data per task pushes the PT toward dMMSE (away from Ridge), above it toward Ridge.
 - "fraction": Delta_PT,Ridge < fraction x Delta_dMMSE,Ridge at the smaller batch size: the PT is
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclab.config import ConfigError
-from iclab.families.regression import DMMSE_RIDGE, PT_RIDGE
 from iclab.files import write_json
+from iclab.studies.task_diversity.pairs import StudyPairs, study_pairs
 from iclab.sweeps.runner import run_runs
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepError, SweepStore
@@ -70,22 +71,26 @@ def bisect(holds: Callable[[int], bool], low: int, high: int) -> tuple[int | Non
 
 
 def judge(
-    criterion: str, fraction: float, batch_sizes: list[int], true_deltas: list[dict]
+    criterion: str,
+    fraction: float,
+    batch_sizes: list[int],
+    true_deltas: list[dict],
+    pairs: StudyPairs,
 ) -> tuple[bool, str]:
     """Whether the criterion holds at one M, with the numbers that decide it. true_deltas[i]:
     the Delta means on the true prior ({"PT,Ridge": ..., ...}) of the run at batch_sizes[i]."""
-    pt_ridge = [deltas[PT_RIDGE] for deltas in true_deltas]
+    to_prior = [deltas[pairs.to_prior] for deltas in true_deltas]
     if criterion == "batch_doubling":
-        ok = pt_ridge[1] < pt_ridge[0]
+        ok = to_prior[1] < to_prior[0]
         return ok, (
-            f"Delta_PT,Ridge(true) batch {batch_sizes[0]}: {pt_ridge[0]:.4g}, batch "
-            f"{batch_sizes[1]}: {pt_ridge[1]:.4g} ({'lower' if ok else 'not lower'})"
+            f"Delta_{pairs.to_prior}(true) batch {batch_sizes[0]}: {to_prior[0]:.4g}, batch "
+            f"{batch_sizes[1]}: {to_prior[1]:.4g} ({'lower' if ok else 'not lower'})"
         )
-    dmmse_ridge = true_deltas[0][DMMSE_RIDGE]
-    ok = pt_ridge[0] < fraction * dmmse_ridge
+    reference = true_deltas[0][pairs.reference]
+    ok = to_prior[0] < fraction * reference
     return ok, (
-        f"Delta_PT,Ridge(true) = {pt_ridge[0]:.4g} {'<' if ok else '>='} {fraction:g} x "
-        f"Delta_dMMSE,Ridge(true) = {fraction * dmmse_ridge:.4g}"
+        f"Delta_{pairs.to_prior}(true) = {to_prior[0]:.4g} {'<' if ok else '>='} {fraction:g} x "
+        f"Delta_{pairs.reference}(true) = {fraction * reference:.4g}"
     )
 
 
@@ -128,6 +133,7 @@ def find_threshold(
     fixed = {k: v[0] for k, v in spec.grid.items() if k not in ("n_tasks", "batch_size")}
     store = SweepStore(out_dir)
     result = Threshold(criterion, None, None)
+    pairs = study_pairs(spec.config({}).task)
 
     def runs_at(exponent: int) -> list[SweepRun]:
         assignments = ({**fixed, "n_tasks": 2**exponent, "batch_size": b} for b in batch_sizes)
@@ -143,7 +149,7 @@ def find_threshold(
                 f"threshold search: runs at M = 2^{exponent} failed; see `iclab status {out_dir}`"
             )
         true = [store.run(run.run_hash).evaluation()["distributions"]["true"] for run in runs]
-        ok, text = judge(criterion, fraction, batch_sizes, [t["delta_mean"] for t in true])
+        ok, text = judge(criterion, fraction, batch_sizes, [t["delta_mean"] for t in true], pairs)
         result.evaluations[exponent] = Evaluation(
             exponent, ok, text, [run.run_hash for run in runs]
         )

@@ -95,7 +95,7 @@ def test_the_scan_finds_a_planted_name(tmp_path):
     assert [line for line, text in code_strings(planted) if "PT,Ridge" in text] == [3]
 
 
-@pytest.mark.parametrize("name", ["regression", "autoregressive"])
+@pytest.mark.parametrize("name", ["regression", "autoregressive", "classification"])
 def test_each_family_evaluates_a_model_on_its_own_distributions_and_pairs(name):
     config = small_config(name)
     family = family_named(name)
@@ -104,12 +104,15 @@ def test_each_family_evaluates_a_model_on_its_own_distributions_and_pairs(name):
     evaluation = evaluate_model(model, task, n_sequences=64, seed=0, batch_size=32)
     baselines = family.baselines(task)
     assert tuple(evaluation["distributions"]) == family.distributions
+    error, *_ = family.predictor_metrics(config.task)  # the family's error, lower is better
     for distribution, result in evaluation["distributions"].items():
-        assert set(result["mse_mean"]) == {MODEL_NAME, *baselines}
+        for metric in family.predictor_metrics(config.task):
+            assert set(result[f"{metric}_mean"]) == {MODEL_NAME, *baselines}
         pairs = {f"{a},{b}" for a, b in family.metric_pairs(baselines)}
-        assert set(result["delta_mean"]) == pairs
+        for metric in family.pair_metrics(config.task):
+            assert set(result[f"{metric}_mean"]) == pairs
         bayes = family.bayes(config.task)[distribution]
         # The Bayes estimator of a distribution has the lowest error of the baselines there.
-        mse = result["mse_mean"]
-        assert mse[bayes] <= min(mse[b] for b in baselines) + 1e-9
+        errors = result[f"{error}_mean"]
+        assert errors[bayes] <= min(errors[b] for b in baselines) + 1e-9
     assert family.settings(config.task)["n_dims"] == 2

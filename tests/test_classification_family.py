@@ -88,7 +88,8 @@ def test_a_classification_sweep_reports_through_the_generic_tables(tmp_path, cap
     spec = tmp_path / "spec.toml"
     spec.write_text(
         'base = "classification-tiny"\n[set]\nsteps = 20\neval_every = 10\n'
-        'n_sequences = 128\neval_sequences = 32\n[grid]\nn_tasks = [4, "inf"]\n'
+        'n_sequences = 128\neval_sequences = 32\n[grid]\nn_tasks = [4, 16, "inf"]\n'
+        '[threshold]\ncriterion = "fraction"\n'
     )
     out = tmp_path / "out"
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
@@ -101,3 +102,5 @@ def test_a_classification_sweep_reports_through_the_generic_tables(tmp_path, cap
     assert (out / "task_diversity.png").exists()
     assert main(["status", str(out)]) == 0
     assert "PT,GaussianBayes" in capsys.readouterr().out
+    assert main(["threshold", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert "Delta_PT,GaussianBayes(true)" in (out / "threshold.json").read_text()

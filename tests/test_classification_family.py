@@ -104,3 +104,16 @@ def test_a_classification_sweep_reports_through_the_generic_tables(tmp_path, cap
     assert "PT,GaussianBayes" in capsys.readouterr().out
     assert main(["threshold", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert "Delta_PT,GaussianBayes(true)" in (out / "threshold.json").read_text()
+
+
+def test_a_short_cpu_run_learns_to_classify_in_context(tmp_path):
+    """At M = infinity the last-position accuracy on new tasks reaches 0.5 + 0.8 (Bayes - 0.5)."""
+    from iclab.experiment import run
+
+    overrides = ["train.steps=1500", "train.eval_every=1500", "eval.n_sequences=2048"]
+    config = load_config("classification-tiny", overrides)
+    evaluation = run(config, tmp_path / "run", progress=False)
+    accuracy_last = {k: v[-1] for k, v in evaluation["distributions"]["true"]["accuracy"].items()}
+    bayes = accuracy_last["GaussianBayes"]
+    assert bayes > 0.8  # beta = 4, D = 4: the task is learnable from 15 examples
+    assert accuracy_last["PT"] >= 0.5 + 0.8 * (bayes - 0.5), accuracy_last

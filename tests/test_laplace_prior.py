@@ -10,7 +10,7 @@ from iclab.estimators.laplace_posterior import LaplaceBayes, posterior_predictio
 from iclab.estimators.regression import Ridge
 from iclab.evaluation import evaluate_model
 from iclab.families import family_of, make_task
-from iclab.tasks.regression import draw_pool, draw_prior
+from iclab.tasks.linear import draw_pool, draw_prior
 from iclab.training.optimization import build_model
 from iclab.validation import ConfigError
 

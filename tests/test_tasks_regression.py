@@ -1,7 +1,8 @@
 import torch
 
 from iclab.families.regression import RegressionTaskConfig
-from iclab.tasks.regression import RegressionTask, draw_pool
+from iclab.tasks.linear import draw_pool
+from iclab.tasks.regression import RegressionTask
 
 
 def test_pools_are_nested_in_the_task_diversity():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from iclab.families import MODEL_NAME, Family, Metric, register
-from iclab.families.regression import gpt_memory
+from iclab.families.regression import check_linear_task, gpt_memory
 from iclab.validation import require
 
 POOL_BAYES = "PoolBayes"
@@ -51,17 +51,8 @@ class ClassificationTaskConfig:
     pool_seed: int = 0
 
     def __post_init__(self):
-        require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
-        require(self.n_points >= 1, "task.n_points", self.n_points, "an integer >= 1")
-        require(
-            self.n_tasks is None or self.n_tasks >= 1,
-            "task.n_tasks",
-            self.n_tasks,
-            'an integer >= 1, or "inf" for a fresh task per sequence',
-        )
+        check_linear_task(self)
         require(0 < self.beta <= MAX_BETA, "task.beta", self.beta, f"a number in (0, {MAX_BETA:g}]")
-        require(self.prior_std > 0, "task.prior_std", self.prior_std, "a number > 0")
-        require(self.pool_seed >= 0, "task.pool_seed", self.pool_seed, "an integer >= 0")
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -54,17 +54,8 @@ class RegressionTaskConfig:
     prior: str = added_field("gaussian")
 
     def __post_init__(self):
-        require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
-        require(self.n_points >= 1, "task.n_points", self.n_points, "an integer >= 1")
-        require(
-            self.n_tasks is None or self.n_tasks >= 1,
-            "task.n_tasks",
-            self.n_tasks,
-            'an integer >= 1, or "inf" for a fresh task per sequence',
-        )
+        check_linear_task(self)
         require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
-        require(self.prior_std > 0, "task.prior_std", self.prior_std, "a number > 0")
-        require(self.pool_seed >= 0, "task.pool_seed", self.pool_seed, "an integer >= 0")
         require(self.prior in PRIORS, "task.prior", self.prior, f"one of {PRIORS}")
         require(
             self.prior != "laplace" or self.noise_std > 0,
@@ -72,6 +63,20 @@ class RegressionTaskConfig:
             self.noise_std,
             'a number > 0 with task.prior = "laplace" (its Bayes estimator needs noise)',
         )
+
+
+def check_linear_task(config) -> None:
+    """The fields every task on w.x with a pool of M tasks shares (see iclab.tasks.linear)."""
+    require(config.n_dims >= 1, "task.n_dims", config.n_dims, "an integer >= 1")
+    require(config.n_points >= 1, "task.n_points", config.n_points, "an integer >= 1")
+    require(
+        config.n_tasks is None or config.n_tasks >= 1,
+        "task.n_tasks",
+        config.n_tasks,
+        'an integer >= 1, or "inf" for a fresh task per sequence',
+    )
+    require(config.prior_std > 0, "task.prior_std", config.prior_std, "a number > 0")
+    require(config.pool_seed >= 0, "task.pool_seed", config.pool_seed, "an integer >= 0")
 
 
 class Regression(Family):

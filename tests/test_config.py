@@ -83,3 +83,17 @@ def test_model_and_task_families_must_fit():
                 "model": {"family": "diagonal_attention"},
             }
         )
+
+
+def test_the_gpt_init_scale_is_a_setting_that_keeps_old_run_names():
+    import torch
+
+    from iclab.training.optimization import build_model
+
+    assert load_config("tiny", ["model.init_std=0.02"]).run_hash() == load_config("tiny").run_hash()
+    model = build_model(load_config("tiny", ["model.init_std=0.05"]), torch.device("cpu"))
+    assert model.embed.weight.std().item() == pytest.approx(0.05, rel=0.15)
+    projection = model.blocks[0].attention.proj.weight.std().item()
+    assert projection == pytest.approx(0.05 / 2, rel=0.15)  # / sqrt(2 n_layers), n_layers = 2
+    with pytest.raises(ConfigError, match="model.init_std"):
+        load_config("tiny", ["model.init_std=0"])

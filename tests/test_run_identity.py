@@ -105,8 +105,9 @@ def test_run_hashes_match_the_pre_redesign_code(make, expected):
 
 
 def test_current_code_writes_the_old_config_text_plus_the_added_fields():
-    added = 'pool_seed = 0\nprior = "gaussian"\n'  # task.prior, added with the Laplace prior
-    expected = OLD_CONFIG_TOML.replace("pool_seed = 0\n", added, 1)
+    # task.prior (the Laplace prior) and model.init_std, added since
+    expected = OLD_CONFIG_TOML.replace("pool_seed = 0\n", 'pool_seed = 0\nprior = "gaussian"\n', 1)
+    expected = expected.replace("dropout = 0.0\n", "dropout = 0.0\ninit_std = 0.02\n", 1)
     assert config_to_toml(load_config("tiny", OLD_OVERRIDES)) == expected
 
 

@@ -3,7 +3,7 @@
 
 from dataclasses import dataclass
 
-from iclab.validation import require
+from iclab.validation import added_field, require
 
 
 def _count(n: int, word: str) -> str:
@@ -19,6 +19,7 @@ class GPTConfig:
     n_embd: int = 64
     n_heads: int = 2
     dropout: float = 0.0
+    init_std: float = added_field(0.02)  # std of the weights at init (GPT-2's 0.02)
 
     def describe(self) -> str:
         return f"gpt {self.n_layers}x{self.n_embd}, {_count(self.n_heads, 'head')}"
@@ -34,6 +35,7 @@ class GPTConfig:
             f"a multiple of model.n_heads = {self.n_heads}",
         )
         require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
+        require(self.init_std > 0, "model.init_std", self.init_std, "a number > 0")
 
 
 ATTENTIONS = ("linear", "softmax", "pe_only")

@@ -135,12 +135,11 @@ class GPT(nn.Module):
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layers) so depth does not blow up.
         for name, parameter in self.named_parameters():
             if name.endswith(("proj.weight", "mlp.2.weight")):
-                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layers))
+                nn.init.normal_(parameter, std=config.init_std / math.sqrt(2 * config.n_layers))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 

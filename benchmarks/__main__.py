@@ -20,6 +20,7 @@ BENCHMARKS = {
     "train_step": "benchmarks.train_step",
     "ensemble": "benchmarks.ensemble",
     "reproduce": "benchmarks.reproduce",
+    "training_length": "benchmarks.training_length",
 }
 DEFAULT_JSON = "bench_results.json"
 

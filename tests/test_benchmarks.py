@@ -68,3 +68,13 @@ def test_cli_writes_rows_to_json(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert data["rows"] == [{"benchmark": "fake", "case": "c", "quick": True}]
     assert data["quick"] is True and "torch" in data["environment"]
+
+
+def test_quick_training_length_rows_and_figure(tmp_path):
+    from benchmarks import training_length
+
+    rows = training_length.run(quick=True)
+    assert [r["steps"] for r in rows] == [40, 80]
+    assert all(r["wall minutes (1 thread)"] > 0 for r in rows)
+    assert all(r["PT / Ridge MSE (true, M = inf)"] > 1.0 for r in rows)  # 80 steps: far from Ridge
+    assert training_length.plot(rows, tmp_path / "curve.png").stat().st_size > 5_000

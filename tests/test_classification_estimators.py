@@ -185,7 +185,8 @@ def test_the_importance_sampling_error_is_honest(two_dim_cases):
     ("beta", "short", "long"),
     [
         (1.0, {"n_draws": 2**11}, {"n_draws": 2**15}),
-        (4.0, {"n_iterations": 80}, {"n_iterations": 640}),
+        (4.0, {"n_iterations": 80, "method": "ess"}, {"n_iterations": 640, "method": "ess"}),
+        (4.0, {"n_draws": 2**12}, {"n_draws": 2**15}),
     ],
 )
 def test_eight_dimensions_agree_with_a_long_run_within_the_combined_error(beta, short, long):
@@ -228,7 +229,7 @@ def test_every_predictor_returns_batch_by_points_logits_and_the_prior_at_positio
     predictors = [
         PoolBayesClassifier(pool, 2.0),
         GaussianBayesClassifier(2.0, n_draws=128),
-        GaussianBayesClassifier(4.0, n_iterations=8),
+        GaussianBayesClassifier(4.0, n_iterations=8, method="ess"),
         LogisticRegression(2.0),
         PriorPrediction(),
     ]

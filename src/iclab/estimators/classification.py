@@ -29,7 +29,9 @@ MAX_BETA = 16.0
 BLOCK_ELEMENTS = 2**22
 # Self-normalised importance sampling handles beta <= SNIS_MAX_BETA; above it the weights
 # degenerate (effective sample size ~3 at beta = 16) and elliptical slice sampling takes over.
-SNIS_MAX_BETA = 2.0
+# At beta = 4, D = 4, K = 16 (the classification-tiny preset) SNIS with the default draws was
+# measured 7x more accurate than ESS at the same cost (RMS 0.011 against 0.073), hence 4.
+SNIS_MAX_BETA = 4.0
 # Defaults (D = 8, K = 16, 4096 sequences, one core; see GaussianBayesClassifier for the errors).
 DEFAULT_DRAWS = 2**13
 DEFAULT_ITERATIONS = 80
@@ -254,6 +256,8 @@ class GaussianBayesClassifier:
     autocorrelation ~20 iterations: the posterior is nearly a prior truncated to a narrow cone),
     so at this cost ESS is no better than SNIS with 2^16 draws (0.065); batch means with batches
     shorter than the autocorrelation time understate the error at large beta.
+    beta = 4, D = 4 (the classification-tiny preset, SNIS): RMS error 0.011 (reported 0.012), 16 s
+    per 4096 sequences; ESS at its defaults had 0.073 there (reported 0.058).
     """
 
     name = "GaussianBayes"

@@ -71,24 +71,29 @@ def test_available_memory_on_the_cpu_is_plausible():
     assert available is not None and 2**24 < available < 2**50
 
 
+# Peak RSS from /proc/self/status (VmHWM): it belongs to this process's own memory map. ru_maxrss
+# does not: Linux carries the parent's peak across fork and exec, so a pytest worker that had
+# grown past this run's peak left nothing to measure.
 MEASURE = """
-import json, resource, sys
+import json, sys
 import torch
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
 from iclab.config import load_config
 from iclab.training.loop import train_runs
 
 def config(**values):
-    # A small final evaluation, so that the peak measured is training's (the estimate's parts
-    # compared below); at the default 16384 sequences the warm-up's evaluation could peak above
-    # the measured run and leave nothing to measure.
-    values = dict(device='"cpu"', steps=3, log_every=1, n_sequences=256, **values)
+    values = dict(device='"cpu"', steps=3, log_every=1, **values)
     return load_config("tiny", [f"{k}={v}" for k, v in values.items()])
 
 torch.set_num_threads(1)
 train_runs([config(batch_size=8, n_layers=1)], progress=False)  # load kernels, warm the allocator
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
 train_runs([config(**json.loads(sys.argv[1]))], progress=False)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print((peak() - before) * 1024)
 """
 
 

@@ -2,7 +2,8 @@
 
 A family owns everything that is specific to one kind of in-context task: its task config
 dataclass, its sampler, its baselines and which of them is the Bayes estimator of which
-distribution, its named evaluation distributions, its metric pairs and their normalisation, the
+distribution, its named evaluation distributions, its metrics (Metric: predictor and pair
+metrics), its metric pairs and their normalisation, the
 columns it contributes to results and status tables, the model families that read its sequences,
 and whether its runs stack into ensembles. Generic modules (config, evaluation, training, sweeps,
 results, cli) ask this registry and never name a family, an estimator or a metric pair.

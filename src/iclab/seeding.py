@@ -4,6 +4,8 @@ A batch at training step n is drawn from a generator seeded by (seed, stream, n)
 depend on what ran before it; a resumed run therefore sees exactly the batches of an uninterrupted one.
 """
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -26,3 +28,14 @@ POOL_STREAM = 1
 TRAIN_STREAM = 2
 EVAL_STREAM = 3
 INIT_STREAM = 4
+# 5 and 6 are the Monte-Carlo estimators' draws (estimators/laplace_posterior, classification).
+
+
+def content_key(*tensors: torch.Tensor) -> int:
+    """A 63-bit key from the bytes of `tensors`: estimators seed their Monte-Carlo draws for an
+    evaluation chunk with it, so the draws are a pure function of the chunk (itself a pure function
+    of the evaluation seed, the distribution and the chunk index)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") >> 1

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from iclab.estimators.laplace_posterior import chunk_key
 from iclab.estimators.regression import _check_inputs, _check_pool, _compute_dtype
-from iclab.seeding import make_generator
+from iclab.seeding import content_key, make_generator
 
 CLASSIFICATION_STREAM = 6  # seeding stream of the Gaussian-prior classifier's Monte-Carlo draws
 MAX_BETA = 16.0
@@ -244,7 +243,7 @@ class GaussianBayesClassifier:
     p_k ~= mean over the n_iterations later states of sigmoid(z_k(w_t)) (logit from the running
     logsumexp of logsigmoid(+-z_k)). Standard error by batch means over N_BATCHES batches.
 
-    The draws are keyed by chunk_key(xs, ys) (stream CLASSIFICATION_STREAM), so a repeated call
+    The draws are keyed by content_key(xs, ys) (stream CLASSIFICATION_STREAM), so a repeated call
     gives identical output and another chunk draws anew.
 
     Defaults, measured at D = 8, K = 16 on 4096 sequences, one core, float32:
@@ -286,7 +285,7 @@ class GaussianBayesClassifier:
     def predict_with_error(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, standard errors of the probability), each (batch, n_points), in xs's dtype."""
         xs_c, ys_c = _inputs(xs, ys)
-        generator = make_generator("cpu", CLASSIFICATION_STREAM, chunk_key(xs, ys))
+        generator = make_generator("cpu", CLASSIFICATION_STREAM, content_key(xs, ys))
         if self.method == "snis":
             logits, errors = self._snis(xs_c, ys_c, generator)
         else:

@@ -19,25 +19,15 @@ of the evaluation seed, the distribution and the chunk index), so a repeated or 
 gives identical predictions.
 """
 
-import hashlib
-
 import torch
 from torch import Tensor
 
 from iclab.estimators.regression import _check_inputs, _compute_dtype
-from iclab.seeding import make_generator
+from iclab.seeding import content_key, make_generator
 
 LAPLACE_STREAM = 5  # seeding stream of the mixing-variance draws
 FILTER_ELEMENTS = 2**22  # covariance entries (sequences x draws x D^2) one filter pass holds
 DEFAULT_DRAWS = 512  # D = 8, K = 16: RMS error 0.05, eps^2 / D = 2.5% of Delta_LaplaceBayes,Ridge
-
-
-def chunk_key(*tensors: Tensor) -> int:
-    """A 63-bit integer from the bytes of `tensors` (the seed of a chunk's draws)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for tensor in tensors:
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return int.from_bytes(digest.digest(), "little") >> 1
 
 
 def posterior_predictions(
@@ -102,7 +92,7 @@ class LaplaceBayes:
         _check_inputs(xs, ys)
         dtype = _compute_dtype(xs.dtype)
         xs_c, ys_c = xs.to(dtype), ys.to(dtype)
-        draws = self.mixing_variances(chunk_key(xs, ys), xs.shape[2], dtype, xs.device)
+        draws = self.mixing_variances(content_key(xs, ys), xs.shape[2], dtype, xs.device)
         rows = max(1, FILTER_ELEMENTS // (self.n_draws * xs.shape[2] ** 2))
         parts = [
             posterior_predictions(xs_c[i : i + rows], ys_c[i : i + rows], draws, self.noise_std)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from iclab.families import default_family, family_named, family_of
 from iclab.models.configs import MODEL_CONFIGS
-from iclab.validation import ConfigError, identity_fields, require, require_finite
+from iclab.validation import ConfigError, added_field, identity_fields, require, require_finite
 
 INFINITE_TASKS = "inf"
 
@@ -41,7 +41,10 @@ DTYPES = ("float32", "bfloat16")
 class TrainConfig:
     """Optimisation. `seed` drives the initialisation and the training batches (batch n is a pure
     function of (seed, n)). Schedules: `triangle` is the one-cycle schedule (linear warm-up over
-    warmup_fraction of the steps, linear decay to 0); `cosine` warms up linearly, then decays to 0."""
+    warmup_fraction of the steps, linear decay to 0); `cosine` warms up linearly, then decays to 0.
+    Periodic evaluations (eval_sequences each) run every eval_every steps, or, with
+    evals_per_doubling = n > 0, at log-spaced steps: round(eval_every * 2^(j / n)) for j = 0, 1, ...
+    (n per doubling of the step, from step eval_every); both always evaluate at the last step."""
 
     steps: int = 10_000
     batch_size: int = 64
@@ -58,6 +61,7 @@ class TrainConfig:
     eval_every: int = 1000
     eval_sequences: int = 1024
     checkpoint_every: int = 1000
+    evals_per_doubling: int = added_field(0)
 
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
@@ -81,6 +85,22 @@ class TrainConfig:
         for name in ("log_every", "eval_every", "eval_sequences", "checkpoint_every"):
             value = getattr(self, name)
             require(value >= 1, f"train.{name}", value, "an integer >= 1")
+        require(
+            0 <= self.evals_per_doubling <= 64,
+            "train.evals_per_doubling",
+            self.evals_per_doubling,
+            "an integer in [0, 64] (0 = every eval_every steps)",
+        )
+
+    def evaluation_steps(self) -> list[int]:
+        """The steps after which a periodic evaluation runs, in increasing order."""
+        if self.evals_per_doubling == 0:
+            steps = range(self.eval_every, self.steps + 1, self.eval_every)
+        else:
+            count = math.floor(self.evals_per_doubling * math.log2(self.steps / self.eval_every))
+            grid = (self.eval_every * 2 ** (j / self.evals_per_doubling) for j in range(count + 1))
+            steps = {round(step) for step in grid if round(step) <= self.steps}
+        return sorted({*steps, self.steps})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ report them):
     mse[name][k]      = E[(f(S_k) - y_k)^2] / D
     delta["A,B"][k]   = E[(f_A(S_k) - f_B(S_k))^2] / D      (Delta_{A,B} of papers.md, per position)
 
-and `*_mean` are the averages over positions; the evaluation's "metric_labels" name every metric
+and `*_mean` are the averages over positions, `*_mean_se` their standard errors over sequences (of
+each sequence's average over positions); the evaluation's "metric_labels" name every metric
 for tables. Which predictors, pairs and distributions a model is evaluated on is also the family's
 choice.
 """
@@ -34,12 +35,13 @@ def _error_table(batches, predictors: dict, pairs, metrics: tuple, n_sequences, 
     (divided by n_sequences and scale) and averaged over positions, over `batches` of
     (predictor arguments, target). metrics: (predictor metrics, pair metrics) of the family."""
     predictor_metrics, pair_metrics = metrics
-    sums: dict[str, dict[str, torch.Tensor]] = {
-        name: {} for name in (*predictor_metrics, *pair_metrics)
-    }
+    names = (*predictor_metrics, *pair_metrics)
+    sums: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
+    squares: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}  # of sequence means
 
     def add(metric: str, key: str, values: torch.Tensor) -> None:
         sums[metric][key] = sums[metric].get(key, 0) + values.sum(0)
+        squares[metric][key] = squares[metric].get(key, 0) + values.double().mean(-1).square().sum()
 
     for arguments, target in batches:
         outputs: dict[int, torch.Tensor] = {}  # one call per predictor object: at M = inf the
@@ -62,7 +64,19 @@ def _error_table(batches, predictors: dict, pairs, metrics: tuple, n_sequences, 
         }
         table[metric] = per_position
         table[f"{metric}_mean"] = {key: sum(v) / len(v) for key, v in per_position.items()}
+        table[f"{metric}_mean_se"] = {
+            key: _standard_error(table[f"{metric}_mean"][key] * scale, total, n_sequences) / scale
+            for key, total in squares[metric].items()
+        }
     return table
+
+
+def _standard_error(mean: float, sum_of_squares: torch.Tensor, n_sequences: int) -> float:
+    """Standard error of a mean over n_sequences values, from their mean and sum of squares."""
+    if n_sequences < 2:
+        return float("nan")
+    variance = (float(sum_of_squares) - n_sequences * mean**2) / (n_sequences - 1)
+    return max(variance, 0.0) ** 0.5 / n_sequences**0.5
 
 
 def _chunks(n_sequences: int, batch_size: int):
@@ -89,16 +103,33 @@ def evaluate(
         for index, size in _chunks(n_sequences, batch_size):
             yield task.prediction_batch(distribution, seed, index, size)
 
-    scale = family.metric_scale(task.config)
-    metrics = (family.predictor_metrics(task.config), family.pair_metrics(task.config))
     results = {
-        distribution: _error_table(
-            batches(distribution), predictors, pairs, metrics, n_sequences, scale
+        distribution: error_table(
+            task.config, batches(distribution), predictors, pairs, n_sequences
         )
         for distribution in distributions or family.distributions
     }
-    labels = {name: metric.label for group in metrics for name, metric in group.items()}
-    return {"n_sequences": n_sequences, "metric_labels": labels, "distributions": results}
+    return {
+        "n_sequences": n_sequences,
+        "metric_labels": family_metric_labels(task.config),
+        "distributions": results,
+    }
+
+
+def error_table(task_config, batches, predictors: dict, pairs, n_sequences: int) -> dict:
+    """The family's metrics of `predictors` and `pairs` over `batches` of (predictor arguments,
+    target) holding n_sequences sequences in all: one distribution's entry of an evaluation."""
+    family = family_of(task_config)
+    metrics = (family.predictor_metrics(task_config), family.pair_metrics(task_config))
+    scale = family.metric_scale(task_config)
+    return _error_table(batches, predictors, pairs, metrics, n_sequences, scale)
+
+
+def family_metric_labels(task_config) -> dict[str, str]:
+    """Metric name -> label of the family's metrics (what evaluations store as metric_labels)."""
+    family = family_of(task_config)
+    metrics = (family.predictor_metrics(task_config), family.pair_metrics(task_config))
+    return {name: metric.label for group in metrics for name, metric in group.items()}
 
 
 def evaluate_model(

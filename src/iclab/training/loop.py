@@ -214,6 +214,7 @@ def _train(
         unit="step",
         dynamic_ncols=True,
     )
+    evaluation_steps = set(train_config.evaluation_steps())
     started = time.perf_counter()
     for step in range(start, end):
         lr = learning_rate(train_config, step)
@@ -246,7 +247,7 @@ def _train(
         bar.update()
         if runs is None:
             continue
-        evaluate_now = done % train_config.eval_every == 0 or done == train_config.steps
+        evaluate_now = done in evaluation_steps
         checkpoint_now = done % train_config.checkpoint_every == 0 or done == end
         if evaluate_now or checkpoint_now:
             stepper.sync(lr)

@@ -149,6 +149,27 @@ def _threshold(args) -> int:
     return 0
 
 
+def _tstar(args) -> int:
+    from iclab.studies.task_diversity.tstar import format_tstar, write_tstar
+
+    study, paths = write_tstar(args.out, pdf=args.pdf)
+    print(format_tstar(study))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _interpolate(args) -> int:
+    from iclab.studies.task_diversity.interpolation import format_interpolation, interpolate_run
+
+    settings = dict(n_pairs=args.pairs, sequences_per_pair=args.sequences_per_pair)
+    result, paths = interpolate_run(args.run_dir, pdf=args.pdf, **settings)
+    print(format_interpolation(result))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def _bench(arguments: list[str]) -> int:
     # benchmarks/ ships with the source tree, next to src/, and is not installed.
     root = Path(__file__).resolve().parents[2]
@@ -301,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     threshold.add_argument("--no-progress", action="store_true")
     _add_executor_options(threshold)
     threshold.set_defaults(handler=_threshold)
+
+    tstar = commands.add_parser("tstar", help="the early-stopping time t* of a sweep's runs")
+    tstar.add_argument("out", type=Path, help="the sweep directory")
+    tstar.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
+    tstar.set_defaults(handler=_tstar)
+
+    interpolate = commands.add_parser(
+        "interpolate", help="errors along paths between a run's pool tasks (paper's Fig. 5)"
+    )
+    interpolate.add_argument("run_dir", type=Path, help="a trained run with finite task.n_tasks")
+    interpolate.add_argument("--pairs", type=_positive_int, default=64, help="task pairs (64)")
+    interpolate.add_argument(
+        "--sequences-per-pair", type=_positive_int, default=32, help="per pair and alpha (32)"
+    )
+    interpolate.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
+    interpolate.set_defaults(handler=_interpolate)
 
     bench = commands.add_parser(
         "bench", help="performance benchmarks (python -m benchmarks)", add_help=False

@@ -3,6 +3,8 @@
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from iclab.config import RunConfig
 from iclab.families import family_of, make_task
 from iclab.plots import plot_error_per_position
@@ -56,14 +58,20 @@ def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> tuple[d
     eval.n_sequences). Written beside the run's own results, never over them:
     reevaluation.json and its figure. Returns the evaluation and the path written."""
     run = RunDirectory(run_dir)
+    config, model, task = load_trained(run)
+    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
+    _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
+    return evaluation, run.write_reevaluation(evaluation)
+
+
+def load_trained(run: RunDirectory) -> tuple[RunConfig, torch.nn.Module, object]:
+    """A run's config, its model at the last checkpoint (in eval mode) and its task."""
     config = run.config()
     device = resolve_device(config.train.device)
     model = build_model(config, device)
     run.load_checkpoint(model, run_hash=config.run_hash())  # config.toml is read once
-    task = make_task(config.task, device)
-    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
-    _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
-    return evaluation, run.write_reevaluation(evaluation)
+    model.eval()
+    return config, model, make_task(config.task, device)
 
 
 def _plot(config: RunConfig, evaluation: dict, path: Path) -> None:

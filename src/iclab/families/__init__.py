@@ -81,6 +81,14 @@ class Family:
         """The (A, B) pairs whose Delta_{A,B} an evaluation reports."""
         raise NotImplementedError
 
+    # The name of the family's smoothed pool Bayes estimator, if it has one (see smoothed_baseline).
+    smoothed_bayes: str | None = None
+
+    def smoothed_baseline(self, task, smoothing_std: float) -> Callable:
+        """The Bayes estimator of the pool blurred by isotropic noise of std smoothing_std (the
+        paper's smoothed dMMSE), for a task with a finite pool; only where smoothed_bayes is set."""
+        raise NotImplementedError
+
     def metric_scale(self, config) -> float:
         """What the metrics are divided by (the papers report MSE / D)."""
         return config.n_dims

@@ -27,6 +27,7 @@ PT_RIDGE = "PT,Ridge"
 PT_DMMSE = "PT,dMMSE"
 DMMSE_RIDGE = "dMMSE,Ridge"
 LAPLACE_BAYES = "LaplaceBayes"
+SMOOTHED_DMMSE = "Smoothed dMMSE"
 PRIORS = ("gaussian", "laplace")
 STORED_ENERGIES = 2**25  # dMMSE's bound on the energies a worker thread keeps (pool_posterior)
 PAIRS = (("PT", RIDGE), ("PT", DMMSE), (DMMSE, RIDGE))
@@ -112,6 +113,13 @@ class Regression(Family):
             prior_mean if task.pool is None else PoolPosteriorMean(task.pool, config.noise_std)
         )
         return {RIDGE: ridge, DMMSE: pool_mean, **extra}
+
+    smoothed_bayes = SMOOTHED_DMMSE
+
+    def smoothed_baseline(self, task, smoothing_std: float):
+        from iclab.estimators.pool_posterior import SmoothedDMMSE
+
+        return SmoothedDMMSE(task.pool, task.config.noise_std, smoothing_std)
 
     def metric_pairs(self, baselines: dict) -> tuple[tuple[str, str], ...]:
         return PAIRS + (LAPLACE_PAIRS if LAPLACE_BAYES in baselines else ())

@@ -90,6 +90,14 @@ class LinearTask:
             ws = draw_prior(self.prior, (batch_size, c.n_dims), c.prior_std, generator, device)
         return xs, self.labels(xs, ws, generator), ws
 
+    def sequences_of(
+        self, ws: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh (xs, labels) for given tasks ws (batch, n_dims), one sequence per row."""
+        c = self.config
+        xs = torch.randn(len(ws), c.n_points, c.n_dims, generator=generator, device=self.device)
+        return xs, self.labels(xs, ws.to(self.device), generator)
+
     def train_batch(
         self, seed: int, step: int, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:

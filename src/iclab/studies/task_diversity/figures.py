@@ -9,6 +9,7 @@ from iclab.evaluation import metric_labels
 from iclab.families import MODEL_NAME, family_of
 from iclab.plots import plt, save_figure
 from iclab.studies.task_diversity.pairs import StudyPairs, study_pairs
+from iclab.studies.task_diversity.smoothing import read_smoothing
 from iclab.studies.task_diversity.threshold import read_threshold
 from iclab.sweeps.store import SweepError, SweepStore
 from iclab.sweeps.table import results_rows
@@ -24,6 +25,18 @@ def pair_styles(pairs: StudyPairs) -> dict[str, dict]:
         pairs.reference: dict(
             label=f"$\\Delta_{{{pairs.reference}}}$ (reference)", color="gray", ls="--"
         ),
+        **(
+            {}
+            if pairs.smoothed_reference is None
+            else {
+                pairs.smoothed_reference: dict(
+                    label=f"$\\Delta_{{{pairs.smoothed_reference}}}$ (best blur)",
+                    color="tab:green",
+                    ls=":",
+                    marker="^",
+                )
+            }
+        ),
     }
 
 
@@ -38,8 +51,10 @@ def _n_tasks(value) -> int | None:
 
 def task_diversity_rows(out_dir: str | Path) -> list[dict]:
     """One row per (batch size, M): 'DISTRIBUTION:A,B' Deltas averaged over the other settings
-    (seeds), as plots.plot_task_diversity takes them."""
+    (seeds), as plots.plot_task_diversity takes them; with the best smoothed pool Bayes estimator's
+    Delta to the prior's where the sweep's smoothing file has it (studies.task_diversity.smoothing)."""
     sums: dict = {}
+    smoothed = read_smoothing(out_dir)
     for row in results_rows(out_dir):
         key = (row["batch_size"], _n_tasks(row["n_tasks"]))
         entry = sums.setdefault(key, {"runs": set(), "values": {}})
@@ -48,6 +63,12 @@ def task_diversity_rows(out_dir: str | Path) -> list[dict]:
             if column.startswith("delta_"):
                 name = f"{row['distribution']}:{column[len('delta_') :]}"
                 entry["values"][name] = entry["values"].get(name, 0.0) + value
+        if smoothed.get(row["run"]) is not None:
+            found = smoothed[row["run"]]
+            pairs = study_pairs(SweepStore(out_dir).run(row["run"]).config().task)
+            name = f"{row['distribution']}:{pairs.smoothed_reference}"
+            value = found.to_prior_bayes[row["distribution"]]
+            entry["values"][name] = entry["values"].get(name, 0.0) + value
     return [
         {
             "batch_size": batch_size,
@@ -159,11 +180,14 @@ def plot_task_diversity(
     for axis, distribution in zip(axes, ("pretrain", "true"), strict=True):
         for index, (value, group) in enumerate(sorted(groups.items(), key=_series_order)):
             group = sorted(group, key=lambda r: math.inf if r["n_tasks"] is None else r["n_tasks"])
+            references = (pairs.reference, pairs.smoothed_reference)
             for pair, style in pair_styles(pairs).items():
-                if pair == pairs.reference and index > 0:
-                    continue  # the reference does not depend on the series
+                if pair in references and index > 0:
+                    continue  # the references do not depend on the series
+                if not any(f"{distribution}:{pair}" in r for r in group):
+                    continue  # no smoothed estimator computed for this sweep
                 style = dict(style)
-                if series_key and pair != pairs.reference:
+                if series_key and pair not in references:
                     style["label"] += f" ({series_key.replace('_', ' ')} {value})"
                     style["ls"] = SERIES_LINE_STYLES[index % len(SERIES_LINE_STYLES)]
                 _plot_pair(axis, group, distribution, pair, style, x_of)
@@ -191,7 +215,7 @@ def _plot_pair(axis, rows, distribution: str, pair: str, style: dict, x_of: dict
     points = [
         (x_of[r["n_tasks"]], r[f"{distribution}:{pair}"], r["n_tasks"] is None)
         for r in rows
-        if r[f"{distribution}:{pair}"] > 0
+        if r.get(f"{distribution}:{pair}", 0) > 0
     ]
     finite = [(x, v) for x, v, is_inf in points if not is_inf]
     infinite = [(x, v) for x, v, is_inf in points if is_inf]

@@ -14,6 +14,7 @@ from iclab.families import MODEL_NAME, family_of
 class StudyPairs:
     prior_bayes: str  # the Bayes estimator of the true prior (regression: Ridge)
     pool_bayes: str  # the Bayes estimator of the pretraining pool (regression: dMMSE)
+    smoothed_bayes: str | None = None  # the pool's, blurred (regression: Smoothed dMMSE)
 
     @property
     def to_prior(self) -> str:
@@ -28,11 +29,18 @@ class StudyPairs:
         return f"{self.pool_bayes},{self.prior_bayes}"
 
     @property
+    def smoothed_reference(self) -> str | None:
+        """The best blurred pool Bayes estimator against the prior's (studies.task_diversity.
+        smoothing), where the family has one."""
+        return None if self.smoothed_bayes is None else f"{self.smoothed_bayes},{self.prior_bayes}"
+
+    @property
     def columns(self) -> tuple[str, str, str]:
         """The columns of the study's tables, in this order."""
         return (self.to_prior, self.to_pool, self.reference)
 
 
 def study_pairs(task_config) -> StudyPairs:
-    bayes = family_of(task_config).bayes(task_config)
-    return StudyPairs(prior_bayes=bayes["true"], pool_bayes=bayes["pretrain"])
+    family = family_of(task_config)
+    bayes = family.bayes(task_config)
+    return StudyPairs(bayes["true"], bayes["pretrain"], family.smoothed_bayes)

@@ -14,7 +14,7 @@ SCRIPT = Path(sys.executable).with_name("iclab")
 SMALL = ["steps=8", "eval_every=4", "checkpoint_every=4", "n_sequences=64", "eval_sequences=32"]
 SET = [arg for value in SMALL for arg in ("--set", value)]
 TESTED = {"presets", "train", "eval", "demo", "analyze", "reproduce", "sweep", "status"}
-TESTED |= {"results", "plot", "threshold", "bench"}
+TESTED |= {"results", "plot", "threshold", "bench", "tstar", "interpolate"}
 
 
 def iclab(*args, expect: int = 0) -> str:
@@ -66,17 +66,44 @@ def test_sweep_status_results_plot_threshold(tmp_path):
     assert json.loads((out / "threshold.json").read_text())["criterion"] == "fraction"
 
 
-@pytest.mark.parametrize("study", ["autoregressive", "task-diversity"])
-def test_reproduce_quick(tmp_path, study):
+@pytest.mark.parametrize(
+    "study, preset, expected",
+    [
+        ("autoregressive", "cpu", "one-step GD"),
+        ("task-diversity", "cpu", "Threshold M*"),
+        ("task-diversity", "tstar-cpu", "The exponent"),
+        ("task-diversity", "dimensions-cpu", "M* bracket"),
+    ],
+)
+def test_reproduce_quick(tmp_path, study, preset, expected):
     out = tmp_path / study
     done = subprocess.run(
-        [SCRIPT, "reproduce", study, "--quick", "--out", out, "--no-progress", "--workers", "1"],
+        [SCRIPT, "reproduce", study, "--preset", preset, "--quick", "--out", out]
+        + ["--no-progress", "--workers", "1"],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = (out / "report.md").read_text()
     assert "pipeline check" in report and f"report: {out / 'report.md'}" in done.stdout
+    assert expected in report
+
+
+def test_tstar_and_interpolate(tmp_path):
+    spec = tmp_path / "spec.toml"
+    fixed = "\n".join(value.replace("=", " = ") for value in SMALL)
+    spec.write_text(
+        f'base = "tiny"\n[set]\n{fixed}\nevals_per_doubling = 2\n[grid]\nn_tasks = [2, 8, "inf"]\n'
+    )
+    out = tmp_path / "sweep"
+    iclab("sweep", spec, "--out", out, "--no-progress")
+    assert "Evaluated on the true prior" in iclab("tstar", out)
+    assert (out / "tstar.png").exists() and (out / "tstar.md").exists()
+    run = next(
+        p for p in (out / "runs").iterdir() if "n_tasks = 8" in (p / "config.toml").read_text()
+    )
+    assert "alpha" in iclab("interpolate", run, "--pairs", "4", "--sequences-per-pair", "4")
+    assert (run / "interpolation.png").exists()
 
 
 def test_analyze_and_bench(tmp_path):

@@ -36,3 +36,23 @@ def test_train_step_flops_equals_flop_counter_on_the_real_model(extra):
     counted = counter.get_total_flops()
     assert counted > 0
     assert train_step_flops(config) == counted
+
+
+def test_the_readme_gpu_cost_table_is_the_flop_count_of_the_bundled_specs():
+    import re
+
+    from iclab.sweeps.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    table = re.findall(
+        r"^\| `sweeps/(\S+)` \| (\d+) \| ([\d.e+]+) \| (\d+) \|$",
+        (root / "README.md").read_text(),
+        re.M,
+    )
+    assert len(table) >= 9
+    for name, runs, flops, hours in table:
+        spec = load_spec(root / "src" / "iclab" / "presets" / "sweeps" / name)
+        total = sum(r.config.train.steps * train_step_flops(r.config) for r in spec.runs())
+        assert len(spec.runs()) == int(runs)
+        assert total == pytest.approx(float(flops), rel=0.05)
+        assert total / 30e12 / 3600 == pytest.approx(int(hours), abs=0.5)

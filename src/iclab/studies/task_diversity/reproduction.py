@@ -15,8 +15,10 @@ from iclab.config import PRESETS_DIR
 from iclab.files import atomic_write_text
 from iclab.results import format_table
 from iclab.studies.task_diversity.demo import check_regimes
+from iclab.studies.task_diversity.dimensions import DIMENSION_SPECS, reproduce_dimensions
 from iclab.studies.task_diversity.figures import plot_sweep, task_diversity_rows
 from iclab.studies.task_diversity.pairs import study_pairs
+from iclab.studies.task_diversity.smoothing import sweep_smoothing
 from iclab.studies.task_diversity.threshold import (
     CRITERIA,
     find_threshold,
@@ -24,6 +26,7 @@ from iclab.studies.task_diversity.threshold import (
     threshold_settings,
     write_threshold,
 )
+from iclab.studies.task_diversity.tstar import reproduce_tstar
 from iclab.sweeps.runner import run_sweep
 from iclab.sweeps.spec import load_spec
 from iclab.sweeps.store import SweepError
@@ -40,9 +43,26 @@ PAPER = {
     "small": "Paper (small model, D = 8): M* between 2^11 and 2^12 (about 2^11.5).",
     "base": "Paper (base model, D = 8): M* between 2^14 and 2^15.",
 }
-
-
-PRESETS = tuple(PAPER)
+TSTAR_PAPER = {
+    "tstar-cpu": (
+        "Not a configuration of the paper: the `tiny` model at M = 2^1 ... 2^7 and infinity, "
+        "evaluated at log-spaced steps. Paper (small model, batch 512, D = 8): below the "
+        "threshold Delta_PT,Ridge(true) has an interior minimum at t* ~ M^0.47 (M <= 2^10)."
+    ),
+    "tstar-small": (
+        "Paper (small model, batch 512, D = 8, 2M steps): t* ~ M^0.47 for M <= 2^10; above, "
+        "Delta_PT,Ridge(true) falls to the end of training."
+    ),
+}
+DIMENSIONS_PAPER = {
+    "dimensions-cpu": (
+        "Not a configuration of the paper: the `tiny` model at D = 2, 4, 8 with K = 2D and "
+        "sigma^2 = D/32, threshold by the single-budget criterion. Paper (12 layers, width 256): "
+        "M* about 2^14, 2^15, 2^16 at D = 8, 16, 32."
+    ),
+    "dimensions": "Paper (12 layers, width 256): M* about 2^14, 2^15, 2^16 at D = 8, 16, 32.",
+}
+PRESETS = (*PAPER, *TSTAR_PAPER, *DIMENSIONS_PAPER)
 # --quick: a pipeline check in seconds. Its numbers say nothing about the paper.
 QUICK = ("steps=40", "eval_every=20", "checkpoint_every=20", "n_sequences=256", "eval_sequences=64")
 QUICK_NOTE = (
@@ -72,12 +92,24 @@ def reproduce_task_diversity(
     quick: bool = False,
 ) -> TaskDiversityReport:
     """spec_path replaces the preset's spec (the report still quotes the preset's expectations).
-    quick: every run shortened by QUICK, to check the pipeline in seconds (not the science)."""
+    quick: every run shortened by QUICK, to check the pipeline in seconds (not the science).
+    The tstar-* presets measure the early-stopping time (studies.task_diversity.tstar), the
+    dimensions* presets the threshold per dimension (studies.task_diversity.dimensions)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    spec = load_spec(spec_path or SPECS_DIR / f"task_diversity_{preset}.toml")
-    if quick:
-        spec = dataclasses.replace(spec, overrides=(*spec.overrides, *QUICK))
+    if preset in DIMENSIONS_PAPER:
+        names = DIMENSION_SPECS[preset]
+        specs = [_load(SPECS_DIR / f"{name}.toml", quick) for name in names]
+        body, summary = reproduce_dimensions(specs, out_dir, executor, progress, pdf)
+        title, expectation = "Task diversity and dimension", DIMENSIONS_PAPER[preset]
+        body = f"{expectation}{QUICK_NOTE if quick else ''}\n\n{body}"
+        return _write_report(out_dir, preset, title, body, summary, started)
+    spec = _load(spec_path or SPECS_DIR / f"task_diversity_{preset}.toml", quick)
+    if preset in TSTAR_PAPER:
+        expectation = TSTAR_PAPER[preset] + (QUICK_NOTE if quick else "")
+        body, summary = reproduce_tstar(spec, out_dir, expectation, executor, progress, pdf)
+        title = "Early-stopping time t*"
+        return _write_report(out_dir, preset, title, body, summary, started)
     sweep = run_sweep(spec, out_dir, executor, progress=progress)
     if sweep.failed:
         failed = ", ".join(sweep.failed)
@@ -85,6 +117,7 @@ def reproduce_task_diversity(
     primary = spec.threshold.get("criterion", "batch_doubling")
     threshold = find_threshold(spec, out_dir, executor, progress=progress)
     write_threshold(out_dir, threshold)
+    smoothing = sweep_smoothing(out_dir)
     figures = plot_sweep(out_dir, pdf=pdf)
     rows = task_diversity_rows(out_dir)
     batch_sizes = sorted({r["batch_size"] for r in rows})
@@ -191,6 +224,10 @@ The other criterion, `{other}`, on the sweep's grid (no extra training):
 |---|---|---|---|
 {chr(10).join(other_lines)}
 
+{_smoothing_section(rows, smoothing, pairs)}
+
+{_interpolation_section(out_dir, rows, pdf)}
+
 ## Per-position error and training dynamics (figure 4)
 
 ![per-position MSE]({figures[1].name})
@@ -200,3 +237,80 @@ The other criterion, `{other}`, on the sweep's grid (no extra training):
     path = out_dir / REPORT_FILE
     atomic_write_text(path, report)
     return TaskDiversityReport(path, summary, seconds)
+
+
+def _smoothing_section(rows: list[dict], smoothing: dict, pairs) -> str:
+    """Per (batch, M): is the PT closer to the prior's Bayes estimator than the best blur of its
+    pool's Bayes estimator is (the paper's evidence that the PT is not a blurred dMMSE)?"""
+    if pairs.smoothed_reference is None:
+        return ""
+    blur = {found.n_tasks: found.smoothing_std for found in smoothing.values() if found}
+    lines = []
+    for r in sorted(rows, key=lambda r: (r["batch_size"], r["n_tasks"] or math.inf)):
+        smoothed = r.get(f"true:{pairs.smoothed_reference}")
+        if r["n_tasks"] is None or smoothed is None:
+            continue
+        pt = r[f"true:{pairs.to_prior}"]
+        closer = "yes" if pt < smoothed else "no"
+        lines.append(
+            f"| {r['batch_size']} | {_label(r['n_tasks'])} | {blur[r['n_tasks']]:.3g} | {pt:.4g} "
+            f"| {smoothed:.4g} | {closer} |"
+        )
+    return f"""## Is the PT a blurred {pairs.pool_bayes}?
+
+{pairs.smoothed_bayes}: the Bayes estimator of the pool blurred by isotropic Gaussian noise, its blur
+chosen for the smallest error on new tasks (studies/task_diversity/smoothing.py). Where the PT is
+closer to {pairs.prior_bayes} than the best blur is, it is not a blurred {pairs.pool_bayes}.
+
+| batch | M | best blur s | Delta_{pairs.to_prior}(true) | Delta_{pairs.smoothed_reference}(true) | PT closer? |
+|---|---|---|---|---|---|
+{chr(10).join(lines)}
+"""
+
+
+def _interpolation_section(out_dir: Path, rows: list[dict], pdf: bool) -> str:
+    """Interpolation paths (Eq. 5) for the smallest M > 1 and the largest finite M of the sweep,
+    at its largest batch size and first seed."""
+    from iclab.studies.task_diversity.interpolation import interpolate_run
+    from iclab.sweeps.table import results_rows
+
+    largest_batch = max(r["batch_size"] for r in rows)
+    runs = {}
+    for row in sorted(results_rows(out_dir), key=lambda r: r["seed"]):
+        if row["batch_size"] == largest_batch and row["n_tasks"] not in ("inf", 1):
+            runs.setdefault(int(row["n_tasks"]), row["run"])
+    if not runs:
+        return ""
+    parts = []
+    for n_tasks in sorted({min(runs), max(runs)}):
+        run_dir = out_dir / "runs" / runs[n_tasks]
+        result, paths = interpolate_run(run_dir, pdf=pdf)
+        errors = result["error_mean"]
+        middle = len(result["alphas"]) // 2
+        cells = " | ".join(
+            f"{name}: {values[0]:.3g} / {values[middle]:.3g}" for name, values in errors.items()
+        )
+        figure = paths[2].relative_to(out_dir)
+        parts.append(
+            f"M = {_label(n_tasks)} (alpha 0 / 0.5): {cells}\n\n![interpolation]({figure})"
+        )
+    return (
+        "## Interpolation between pool tasks (Eq. 5)\n\n"
+        f"Errors along the norm-preserving paths between pool tasks, batch {largest_batch}; "
+        "expected: at small M the PT follows the pool's Bayes estimator (its error peaks between "
+        "the tasks), past the threshold the prior's (flat).\n\n" + "\n\n".join(parts)
+    )
+
+
+def _load(path: Path, quick: bool):
+    spec = load_spec(path)
+    return dataclasses.replace(spec, overrides=(*spec.overrides, *QUICK)) if quick else spec
+
+
+def _write_report(out_dir: Path, preset, title, body, summary, started) -> TaskDiversityReport:
+    seconds = time.perf_counter() - started
+    text = f"# {title} (Raventos et al. 2023), preset `{preset}`\n\n{body}\n"
+    text += f"\nWall time: {seconds:.0f} s.\n"
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, text)
+    return TaskDiversityReport(path, f"{summary}\nwall time: {seconds:.0f} s", seconds)

@@ -29,6 +29,7 @@ class Smoothing:
     """The best blur of one run's pool and how close its estimator is to the prior's Bayes one."""
 
     name: str  # the family's name of the estimator (regression: Smoothed dMMSE)
+    n_tasks: int  # M, the size of the pool blurred
     smoothing_std: float  # the best s
     error: dict[str, float]  # distribution -> its error (the family's first metric), mean
     to_prior_bayes: dict[str, float]  # distribution -> Delta_{smoothed, prior's Bayes}, mean
@@ -59,6 +60,7 @@ def best_smoothing(task, seed: int, n_sequences: int = SEARCH_SEQUENCES) -> Smoo
     best = f"s={best_std:.6g}"
     return Smoothing(
         name=family.smoothed_bayes,
+        n_tasks=task.config.n_tasks,
         smoothing_std=best_std,
         error={d: r[f"{error}_mean"][best] for d, r in evaluation["distributions"].items()},
         to_prior_bayes={

@@ -269,3 +269,25 @@ def write_tstar(out_dir: str | Path, pdf: bool = False) -> tuple[TstarStudy, lis
     table = out_dir / TSTAR_TABLE
     atomic_write_text(table, "# Early-stopping time t*\n\n" + format_tstar(study))
     return study, [table, plot_tstar(study, out_dir / TSTAR_FIGURE, pdf)]
+
+
+def reproduce_tstar(
+    spec, out_dir: str | Path, expectation: str, executor=None, progress=True, pdf=False
+) -> tuple[str, str]:
+    """The sweep `spec` (its runs evaluated at log-spaced steps), then t* of every run: returns
+    the report's Markdown body and a short summary."""
+    from iclab.sweeps.runner import run_sweep
+
+    out_dir = Path(out_dir)
+    sweep = run_sweep(spec, out_dir, executor, progress=progress)
+    if sweep.failed:
+        failed = ", ".join(sweep.failed)
+        raise SweepError(f"runs {failed} failed; see `iclab status {out_dir}` and retry")
+    study, paths = write_tstar(out_dir, pdf)
+    fits = "\n".join(f"- {d}: {describe_fit(study.fits[d])}" for d in DISTRIBUTIONS)
+    body = (
+        f"{expectation}\n\n![t*]({paths[1].name})\n\n{format_tstar(study)}\n"
+        f"## The exponent\n\n{fits}\n"
+    )
+    summary = f"{format_tstar(study)}\n{fits}"
+    return body, summary

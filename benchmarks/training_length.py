@@ -1,4 +1,4 @@
-"""What a longer run buys: the demo recipe (`tiny`) at M = infinity trained for 1x, 2x and 4x its
+"""What a longer run buys: the demo recipe (`tiny`) at M = infinity trained for 0.5x, 1x and 2x its
 steps (each a full schedule), one thread per run: wall minutes against the PT's mean MSE/D on the
 true prior as a multiple of Ridge's (the Bayes-optimal error there), with the figure
 training_length.png beside the JSON. --quick: 1-layer width-16 models for 40 and 80 steps, a smoke
@@ -14,7 +14,7 @@ from iclab.config import load_config
 from iclab.experiment import run as run_experiment
 from iclab.plots import plt, save_figure
 
-MULTIPLES = (1, 2, 4)
+MULTIPLES = (0.5, 1, 2)
 QUICK = ["model.n_layers=1", "model.n_embd=16", "train.eval_every=20", "eval.n_sequences=256"]
 
 
@@ -26,17 +26,17 @@ def run(quick: bool) -> list[dict]:
     try:
         with tempfile.TemporaryDirectory(prefix="iclab-bench-") as scratch:
             for multiple in (1, 2) if quick else MULTIPLES:
-                steps = (40 if quick else base.train.steps) * multiple
+                steps = round((40 if quick else base.train.steps) * multiple)
                 overrides = ["task.n_tasks=inf", f"train.steps={steps}", *(QUICK if quick else [])]
                 config = load_config("tiny", overrides)
                 started = time.perf_counter()
-                evaluation = run_experiment(config, Path(scratch) / f"x{multiple}", progress=False)
+                evaluation = run_experiment(config, Path(scratch) / f"x{multiple:g}", progress=False)
                 minutes = (time.perf_counter() - started) / 60
                 mse = evaluation["distributions"]["true"]["mse_mean"]
                 rows.append(
                     {
                         "benchmark": "training_length",
-                        "case": f"{multiple}x ({steps} steps)",
+                        "case": f"{multiple:g}x ({steps} steps)",
                         "steps": steps,
                         "wall minutes (1 thread)": minutes,
                         "PT / Ridge MSE (true, M = inf)": mse["PT"] / mse["Ridge"],

@@ -18,8 +18,18 @@ from iclab.validation import added_field, identity_fields
 
 # Hashes computed with the pre-redesign code (PYTHONPATH=<old checkout>/src); run directories made
 # then are named by them, so the current code must give the same.
-TINY_M64_HASH = "212fad0c00f4"  # load_config("tiny", ["n_tasks=64"])
-TINY_HASH = "56abdc8d1092"  # load_config("tiny")
+TINY_M64_HASH = "212fad0c00f4"  # load_config("tiny", [*OLD_TINY, "n_tasks=64"])
+TINY_HASH = "56abdc8d1092"  # load_config("tiny", OLD_TINY)
+# The tiny preset of those days (2 layers of width 64, 2 heads, GPT-2's init, 3000 steps, warm-up
+# 0.1); the preset has changed since, which renames its runs, as a changed config should.
+OLD_TINY = [
+    "n_layers=2",
+    "n_embd=64",
+    "n_heads=2",
+    "init_std=0.02",
+    "steps=3000",
+    "warmup_fraction=0.1",
+]
 AUTOREGRESSIVE_HASH = "bbc121fd6a09"  # AUTOREGRESSIVE below
 AUTOREGRESSIVE = {
     "task": {"family": "autoregressive", "n_dims": 2, "n_steps": 4},
@@ -27,7 +37,7 @@ AUTOREGRESSIVE = {
 }
 
 # What the pre-redesign code wrote as config.toml for
-#   load_config("tiny", OLD_OVERRIDES)   (config_to_toml, byte for byte)
+#   load_config("tiny", OLD_TINY + OLD_OVERRIDES)   (config_to_toml, byte for byte)
 # and the hash that named its directory.
 OLD_OVERRIDES = [
     "n_tasks=4",
@@ -93,10 +103,10 @@ OLD_SWEEP_JSON = """\
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
-        (lambda: load_config("tiny", ["n_tasks=64"]), TINY_M64_HASH),
-        (lambda: load_config("tiny"), TINY_HASH),
+        (lambda: load_config("tiny", [*OLD_TINY, "n_tasks=64"]), TINY_M64_HASH),
+        (lambda: load_config("tiny", OLD_TINY), TINY_HASH),
         (lambda: config_from_dict(AUTOREGRESSIVE), AUTOREGRESSIVE_HASH),
-        (lambda: load_config("tiny", OLD_OVERRIDES), OLD_HASH),
+        (lambda: load_config("tiny", [*OLD_TINY, *OLD_OVERRIDES]), OLD_HASH),
     ],
     ids=["tiny-M64", "tiny", "autoregressive", "old-sweep-run"],
 )
@@ -105,10 +115,13 @@ def test_run_hashes_match_the_pre_redesign_code(make, expected):
 
 
 def test_current_code_writes_the_old_config_text_plus_the_added_fields():
-    # task.prior (the Laplace prior) and model.init_std, added since
+    # task.prior (the Laplace prior), model.init_std and train.evals_per_doubling, added since
     expected = OLD_CONFIG_TOML.replace("pool_seed = 0\n", 'pool_seed = 0\nprior = "gaussian"\n', 1)
     expected = expected.replace("dropout = 0.0\n", "dropout = 0.0\ninit_std = 0.02\n", 1)
-    assert config_to_toml(load_config("tiny", OLD_OVERRIDES)) == expected
+    expected = expected.replace(
+        "checkpoint_every = 20\n", "checkpoint_every = 20\nevals_per_doubling = 0\n", 1
+    )
+    assert config_to_toml(load_config("tiny", [*OLD_TINY, *OLD_OVERRIDES])) == expected
 
 
 # -- added fields -------------------------------------------------------------------------------
@@ -133,7 +146,7 @@ def test_adding_a_field_with_added_field_keeps_the_run_hash():
     class TrainWithPlainKnob(TrainConfig):
         new_knob: int = 0
 
-    config = load_config("tiny", ["n_tasks=64"])
+    config = load_config("tiny", [*OLD_TINY, "n_tasks=64"])
     fields = dataclasses.asdict(config.train)
 
     def with_train(train_config):
@@ -159,7 +172,7 @@ def test_old_format_sweep_directory_resumes_and_reports(tmp_path, monkeypatch):
     run = RunDirectory(run_dir)
     config = run.config()
     assert config.run_hash() == run_dir.name == OLD_HASH
-    assert config == load_config("tiny", OLD_OVERRIDES)
+    assert config == load_config("tiny", [*OLD_TINY, *OLD_OVERRIDES])
 
     # resume=True accepts the old config.toml (same hash) and starts from step 0: no checkpoint.
     train(config, run_dir, resume=True, stop_after=20, progress=False)
@@ -172,7 +185,8 @@ def test_old_format_sweep_directory_resumes_and_reports(tmp_path, monkeypatch):
 
     # The same run asked by a current sweep spec is the old directory, resumed from step 20.
     spec_path = tmp_path / "spec.toml"
-    fixed = "\n".join(o for o in OLD_OVERRIDES if not o.startswith("n_tasks"))
+    settings = dict(o.split("=") for o in [*OLD_TINY, *OLD_OVERRIDES])  # the later ones win
+    fixed = "\n".join(f"{k} = {v}" for k, v in settings.items() if k != "n_tasks")
     spec_path.write_text(f'base = "tiny"\n[set]\n{fixed}\n[grid]\nn_tasks = [4]\n')
     spec = load_spec(spec_path)
     assert [r.run_hash for r in spec.runs()] == [OLD_HASH]

@@ -72,3 +72,14 @@ def test_demo_pipeline_on_a_miniature(tmp_path, capsys):
 def test_full_demo_shows_both_regimes(tmp_path):
     report = run_demo(tmp_path, progress=False)
     assert report.all_hold, report.checks
+
+
+def test_the_readme_states_the_demos_factors():
+    from pathlib import Path
+
+    from iclab.studies.task_diversity import demo
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"`Delta_PT,dMMSE < Delta_PT,Ridge / {demo.BAYESIAN_FACTOR:g}`" in text
+    assert f"`Delta_dMMSE,Ridge >= {demo.FAR_FACTOR:g} Delta_PT,Ridge`" in text
+    assert f"`Delta_PT,Ridge <= Delta_PT,dMMSE / {demo.NON_BAYESIAN_FACTOR:g}`" in text

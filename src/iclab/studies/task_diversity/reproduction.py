@@ -35,7 +35,7 @@ SPECS_DIR = PRESETS_DIR / "sweeps"
 REPORT_FILE = "report.md"
 PAPER = {
     "cpu": (
-        "Not a configuration of the paper: a miniature (D = 4, a 4-layer width-48 GPT, 2800 "
+        "Not a configuration of the paper: a miniature (D = 4, a 4-layer width-48 GPT, 2200 "
         "steps) of its figure 2. Expected: the pattern, i.e. the PT matches dMMSE on the "
         "pretraining pool at small M and Ridge on new tasks at large M, with a threshold at a "
         "much smaller M than the paper's models (smaller D, smaller model, far shorter training)."

@@ -1,5 +1,8 @@
 """Interpolation paths between pool tasks (Eq. 5) and the best smoothed dMMSE of a pool."""
 
+import json
+from dataclasses import asdict, replace
+
 import pytest
 import torch
 from helpers import tiny_overrides
@@ -98,6 +101,18 @@ def test_sweep_smoothing_is_computed_once_and_a_corrupt_file_is_named(tmp_path, 
     assert sorted(v is None for v in first.values()) == [False, True]  # M = inf: no pool to blur
     monkeypatch.setattr(smoothing, "best_smoothing", lambda *a: pytest.fail("recomputed"))
     assert sweep_smoothing(out) == first == read_smoothing(out)
+    # A cache searched over another grid is searched again.
+    stale = {
+        k: None if v is None else {**asdict(v), "errors_on_true": {"0.5": 1.0}}
+        for k, v in first.items()
+    }
+    (out / SMOOTHING_FILE).write_text(json.dumps(stale))
+    fresh = replace(next(v for v in first.values() if v is not None), name="searched again")
+    monkeypatch.setattr(smoothing, "best_smoothing", lambda *a: fresh)
+    assert sorted(str(v and v.name) for v in sweep_smoothing(out).values()) == [
+        "None",
+        "searched again",
+    ]
     (out / SMOOTHING_FILE).write_text('{"abc": {"name": 1}}')
     with pytest.raises(CorruptFile, match=SMOOTHING_FILE):
         read_smoothing(out)

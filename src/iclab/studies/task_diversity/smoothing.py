@@ -17,8 +17,9 @@ from iclab.files import corrupt, read_json, write_json
 from iclab.studies.task_diversity.pairs import study_pairs
 from iclab.sweeps.store import SweepStore
 
-# s / prior_std, geometric from dMMSE-like blur to a blur as wide as the prior.
-SMOOTHING_GRID = (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3)
+# s / prior_std, from a dMMSE-like blur to wider than the prior: for a small pool the best blur
+# is wide (at M = 1 about sqrt(1 + |w_1|^2 / (D prior_std^2)) prior_std); 1.3 was too narrow.
+SMOOTHING_GRID = (0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5)
 SEARCH_SEQUENCES = 4096
 SMOOTHING_FILE = "smoothed_bayes.json"
 WHAT = "smoothed Bayes file"
@@ -92,7 +93,8 @@ def read_smoothing(out_dir: str | Path) -> dict[str, Smoothing | None]:
 
 def sweep_smoothing(out_dir: str | Path) -> dict[str, Smoothing | None]:
     """Run hash -> the best smoothing of every completed run of the sweep in out_dir (None at
-    M = infinity), computed for the runs not yet in its SMOOTHING_FILE and added there."""
+    M = infinity), computed for the runs not yet in its SMOOTHING_FILE (or searched there over
+    another grid) and added there."""
     cached = read_smoothing(out_dir)
     store = SweepStore(out_dir)
     found = {}
@@ -100,10 +102,13 @@ def sweep_smoothing(out_dir: str | Path) -> dict[str, Smoothing | None]:
         run = store.run(run_hash)
         if run.status() != "complete":
             continue
-        if run_hash in cached:
+        config = run.config()
+        grid = {fraction * config.task.prior_std for fraction in SMOOTHING_GRID}
+        if run_hash in cached and (
+            cached[run_hash] is None or set(cached[run_hash].errors_on_true) == grid
+        ):
             found[run_hash] = cached[run_hash]
             continue
-        config = run.config()
         found[run_hash] = best_smoothing(make_task(config.task, "cpu"), config.eval.eval_seed)
     if found != cached:
         data = {k: None if v is None else asdict(v) for k, v in found.items()}

@@ -17,27 +17,30 @@ from iclab.sweeps.table import results_rows
 DISTRIBUTION_TITLES = {"pretrain": "pretraining pool", "true": "true prior (new tasks)"}
 
 
+def delta_label(pair: str) -> str:
+    """Delta_{A,B} in mathtext, keeping the spaces of estimator names (Smoothed dMMSE)."""
+    spaced = pair.replace(" ", "\\ ")
+    return f"$\\Delta_{{{spaced}}}$"
+
+
 def pair_styles(pairs: StudyPairs) -> dict[str, dict]:
-    """Line styles of the study's three Deltas (regression: PT-Ridge, PT-dMMSE, dMMSE-Ridge)."""
-    return {
-        pairs.to_prior: dict(label=f"$\\Delta_{{{pairs.to_prior}}}$", color="tab:blue", marker="o"),
-        pairs.to_pool: dict(label=f"$\\Delta_{{{pairs.to_pool}}}$", color="tab:red", marker="s"),
+    """Line styles of the study's Deltas (regression: PT-Ridge, PT-dMMSE, dMMSE-Ridge and, where
+    computed, Smoothed dMMSE-Ridge)."""
+    styles = {
+        pairs.to_prior: dict(label=delta_label(pairs.to_prior), color="tab:blue", marker="o"),
+        pairs.to_pool: dict(label=delta_label(pairs.to_pool), color="tab:red", marker="s"),
         pairs.reference: dict(
-            label=f"$\\Delta_{{{pairs.reference}}}$ (reference)", color="gray", ls="--"
-        ),
-        **(
-            {}
-            if pairs.smoothed_reference is None
-            else {
-                pairs.smoothed_reference: dict(
-                    label=f"$\\Delta_{{{pairs.smoothed_reference}}}$ (best blur)",
-                    color="tab:green",
-                    ls=":",
-                    marker="^",
-                )
-            }
+            label=f"{delta_label(pairs.reference)} (reference)", color="gray", ls="--"
         ),
     }
+    if pairs.smoothed_reference is not None:
+        styles[pairs.smoothed_reference] = dict(
+            label=f"{delta_label(pairs.smoothed_reference)} (best blur)",
+            color="tab:green",
+            ls=":",
+            marker="^",
+        )
+    return styles
 
 
 TASK_DIVERSITY_FIGURE = "task_diversity.png"

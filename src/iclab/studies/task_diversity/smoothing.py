@@ -16,6 +16,7 @@ from iclab.families import family_of, make_task
 from iclab.files import corrupt, read_json, write_json
 from iclab.studies.task_diversity.pairs import study_pairs
 from iclab.sweeps.store import SweepStore
+from iclab.training import resolve_device
 
 # s / prior_std, from a dMMSE-like blur to wider than the prior: for a small pool the best blur
 # is wide (at M = 1 about sqrt(1 + |w_1|^2 / (D prior_std^2)) prior_std); 1.3 was too narrow.
@@ -109,7 +110,8 @@ def sweep_smoothing(out_dir: str | Path) -> dict[str, Smoothing | None]:
         ):
             found[run_hash] = cached[run_hash]
             continue
-        found[run_hash] = best_smoothing(make_task(config.task, "cpu"), config.eval.eval_seed)
+        task = make_task(config.task, resolve_device(config.train.device))
+        found[run_hash] = best_smoothing(task, config.eval.eval_seed)
     if found != cached:
         data = {k: None if v is None else asdict(v) for k, v in found.items()}
         write_json(Path(out_dir) / SMOOTHING_FILE, data)

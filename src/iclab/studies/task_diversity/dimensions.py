@@ -26,7 +26,10 @@ DIMENSION_SPECS = {
 
 
 def _bracket(low: int | None, high: int | None) -> str:
-    return f"(2^{'-' if low is None else low}, 2^{'-' if high is None else high}]"
+    """log2 bracket of M* as (2^low, 2^high]; a side that the grid did not find is left open."""
+    if high is None:
+        return "never held" if low is None else f"> 2^{low}"
+    return f"<= 2^{high}" if low is None else f"(2^{low}, 2^{high}]"
 
 
 def reproduce_dimensions(

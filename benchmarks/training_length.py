@@ -30,7 +30,9 @@ def run(quick: bool) -> list[dict]:
                 overrides = ["task.n_tasks=inf", f"train.steps={steps}", *(QUICK if quick else [])]
                 config = load_config("tiny", overrides)
                 started = time.perf_counter()
-                evaluation = run_experiment(config, Path(scratch) / f"x{multiple:g}", progress=False)
+                evaluation = run_experiment(
+                    config, Path(scratch) / f"x{multiple:g}", progress=False
+                )
                 minutes = (time.perf_counter() - started) / 60
                 mse = evaluation["distributions"]["true"]["mse_mean"]
                 rows.append(

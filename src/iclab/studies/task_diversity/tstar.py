@@ -118,7 +118,7 @@ class TstarStudy:
 
     pairs: StudyPairs
     runs: dict[str, list[EarlyStopping]]  # distribution -> one per run, in increasing M
-    curves: dict[str, dict]  # distribution -> {n_tasks: [(step, Delta), ...]} (first seed)
+    curves: dict[str, dict]  # distribution -> {n_tasks: [(step, Delta), ...]} (first run per M)
     fits: dict[str, PowerLaw | None]  # distribution -> fit over the interior, finite-M runs
 
 

@@ -90,10 +90,13 @@ def test_the_gpt_init_scale_is_a_setting_that_keeps_old_run_names():
 
     from iclab.training.optimization import build_model
 
-    assert load_config("tiny", ["model.init_std=0.02"]).run_hash() == load_config("tiny").run_hash()
+    assert (
+        load_config("small", ["model.init_std=0.02"]).run_hash() == load_config("small").run_hash()
+    )
+    assert load_config("tiny").model.init_std == 0.1  # the demo's recipe sets it: a new name
     model = build_model(load_config("tiny", ["model.init_std=0.05"]), torch.device("cpu"))
     assert model.embed.weight.std().item() == pytest.approx(0.05, rel=0.15)
     projection = model.blocks[0].attention.proj.weight.std().item()
-    assert projection == pytest.approx(0.05 / 2, rel=0.15)  # / sqrt(2 n_layers), n_layers = 2
+    assert projection == pytest.approx(0.05 / 8**0.5, rel=0.15)  # / sqrt(2 n_layers), 4 layers
     with pytest.raises(ConfigError, match="model.init_std"):
         load_config("tiny", ["model.init_std=0"])

@@ -66,7 +66,10 @@ def test_bad_specs_name_the_problem(tmp_path, grid, extra, message):
 def test_bundled_sweep_specs_load():
     sizes = {path.stem: len(load_spec(path).runs()) for path in SWEEP_SPECS.glob("*.toml")}
     assert sizes["task_diversity_small"] == sizes["task_diversity_base"] == 2 * 22
-    assert sizes["task_diversity_cpu"] >= 8
+    assert sizes["task_diversity_cpu"] == 5  # M = 1, 4, 16, 64, inf at batch 64
+    assert sizes["task_diversity_tstar-cpu"] == 7 and sizes["task_diversity_tstar-small"] == 14
+    dimension_specs = [name for name in sizes if name.startswith("task_diversity_dimensions")]
+    assert len(dimension_specs) == 6 and all(sizes[name] in (5, 28) for name in dimension_specs)
 
 
 def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):

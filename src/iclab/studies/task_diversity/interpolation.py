@@ -24,7 +24,7 @@ from iclab.plots import plt, save_figure
 from iclab.results import format_table
 from iclab.seeding import make_generator
 from iclab.studies.task_diversity.pairs import study_pairs
-from iclab.studies.task_diversity.smoothing import best_smoothing
+from iclab.studies.task_diversity.smoothing import Smoothing, best_smoothing
 from iclab.training import RunDirectory
 from iclab.validation import ConfigError
 
@@ -49,10 +49,12 @@ def interpolate(
     sequences_per_pair: int = 32,
     n_alphas: int = 11,
     seed: int = 0,
+    smoothing: Smoothing | None = None,
 ) -> dict:
     """The family's error (regression: MSE/D, averaged over positions) of the PT and the Bayes
     estimators along the paths between n_pairs random pairs of distinct pool tasks, at n_alphas
-    evenly spaced alpha, each on sequences_per_pair fresh sequences per pair."""
+    evenly spaced alpha, each on sequences_per_pair fresh sequences per pair. smoothing: the
+    pool's best blur if already searched (studies.task_diversity.smoothing), else searched here."""
     config = task.config
     if task.pool is None or len(task.pool) < 2:
         raise ConfigError(
@@ -67,7 +69,7 @@ def interpolate(
         pairs.prior_bayes: baselines[pairs.prior_bayes],
         pairs.pool_bayes: baselines[pairs.pool_bayes],
     }
-    smoothing = best_smoothing(task, seed)
+    smoothing = smoothing or best_smoothing(task, seed)
     if smoothing is not None:
         predictors[smoothing.name] = family.smoothed_baseline(task, smoothing.smoothing_std)
     generator = make_generator("cpu", seed, INTERPOLATION_STREAM)

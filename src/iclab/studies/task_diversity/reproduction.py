@@ -227,7 +227,7 @@ The other criterion, `{other}`, on the sweep's grid (no extra training):
 
 {_smoothing_section(rows, smoothing, pairs)}
 
-{_interpolation_section(out_dir, rows, pdf)}
+{_interpolation_section(out_dir, rows, smoothing, pdf)}
 
 ## Per-position error and training dynamics (figure 4)
 
@@ -269,7 +269,7 @@ closer to {pairs.prior_bayes} than the best blur is, it is not a blurred {pairs.
 """
 
 
-def _interpolation_section(out_dir: Path, rows: list[dict], pdf: bool) -> str:
+def _interpolation_section(out_dir: Path, rows: list[dict], smoothing: dict, pdf: bool) -> str:
     """Interpolation paths (Eq. 5) for the smallest M > 1 and the largest finite M of the sweep,
     at its largest batch size and first seed."""
     from iclab.studies.task_diversity.interpolation import interpolate_run
@@ -285,7 +285,7 @@ def _interpolation_section(out_dir: Path, rows: list[dict], pdf: bool) -> str:
     parts = []
     for n_tasks in sorted({min(runs), max(runs)}):
         run_dir = out_dir / "runs" / runs[n_tasks]
-        result, paths = interpolate_run(run_dir, pdf=pdf)
+        result, paths = interpolate_run(run_dir, pdf=pdf, smoothing=smoothing.get(runs[n_tasks]))
         errors = result["error_mean"]
         middle = len(result["alphas"]) // 2
         cells = " | ".join(

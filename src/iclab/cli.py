@@ -20,13 +20,13 @@ INTERRUPTED = 130  # the shell convention for SIGINT
 
 
 def _train(args) -> int:
-    from iclab.experiment import run
+    from iclab.api import train
 
     config = load_config(args.config, args.set)
     out = args.out or Path("runs") / f"{resolve_config_path(args.config).stem}-{config.run_hash()}"
     print(f"run directory: {out}")
-    evaluation = run(config, out, resume=args.resume, progress=not args.no_progress)
-    print(format_evaluation(evaluation))
+    run = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(format_evaluation(run.evaluation))
     return 0
 
 
@@ -94,11 +94,9 @@ def _executor(args):
 
 
 def _sweep(args) -> int:
-    from iclab.sweeps.runner import run_sweep
-    from iclab.sweeps.spec import load_spec
+    from iclab.api import sweep
 
-    spec = load_spec(args.spec)
-    outcome = run_sweep(spec, args.out, _executor(args), args.retry_failed, not args.no_progress)
+    outcome = sweep(args.spec, args.out, _executor(args), args.retry_failed, not args.no_progress)
     _status(args)
     print(
         f"{len(outcome.completed)} runs completed, {len(outcome.failed)} failed, "

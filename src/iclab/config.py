@@ -18,6 +18,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,11 +255,14 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of nested config data with `key=value` overrides applied."""
+def apply_overrides(data: dict, overrides: Mapping[str, object] | Sequence[str]) -> dict:
+    """Return a copy of nested config data with overrides applied: `key=value` strings, or a
+    mapping of keys to values (the Python API's)."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides {overrides!r}: give a list of key=value strings or a dict")
     data = {section: dict(values) for section, values in data.items()}
-    for text in overrides:
-        key, value = parse_override(text)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
         section, _, name = key.rpartition(".")
         if not section:
             section = _section_of(name, data)
@@ -317,11 +321,14 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a TOML config file (or a preset name), apply `key=value` overrides, validate."""
+def load_config(
+    path: str | Path, overrides: Mapping[str, object] | Sequence[str] = ()
+) -> RunConfig:
+    """Read a TOML config file (or a preset name), apply overrides (`key=value` strings or a
+    mapping of keys to values), validate."""
     data = read_toml(path)
     check_sections(data, f" in config file {str(resolve_config_path(path))!r}")
-    return config_from_dict(apply_overrides(data, list(overrides)))
+    return config_from_dict(apply_overrides(data, overrides))
 
 
 def _toml_ready(data: dict) -> dict:

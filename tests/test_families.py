@@ -24,6 +24,8 @@ GENERIC = [
     "cli.py",
     "plots.py",
     "experiment.py",
+    "api.py",
+    "tracking.py",
     "files.py",
     "checkpoints.py",
     "seeding.py",

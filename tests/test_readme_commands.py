@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from iclab import results_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("iclab")
@@ -15,6 +19,7 @@ SMALL = ["steps=8", "eval_every=4", "checkpoint_every=4", "n_sequences=64", "eva
 SET = [arg for value in SMALL for arg in ("--set", value)]
 TESTED = {"presets", "train", "eval", "demo", "analyze", "reproduce", "sweep", "status"}
 TESTED |= {"results", "plot", "threshold", "bench", "tstar", "interpolate"}
+TESTED |= {"predict", "forecast", "make-example-data"}
 
 
 def iclab(*args, expect: int = 0) -> str:
@@ -60,6 +65,15 @@ def test_sweep_status_results_plot_threshold(tmp_path):
     assert iclab("status", out).count("complete") == 6
     iclab("results", out)
     assert (out / "results.csv").read_text().count("\n") == 1 + 6 * 2
+    # results.parquet and iclab.results_table hold the table of results.csv.
+    from_csv = pd.read_csv(out / "results.csv")
+    for table in (pd.read_parquet(out / "results.parquet"), results_table(out)):
+        assert list(table.columns) == list(from_csv.columns) and len(table) == 12
+        for column in from_csv.columns:
+            if pd.api.types.is_float_dtype(from_csv[column]):
+                np.testing.assert_allclose(table[column].astype(float), from_csv[column])
+            else:
+                assert table[column].astype(str).tolist() == from_csv[column].astype(str).tolist()
     iclab("plot", out, "--m", "1", "inf")
     assert (out / "task_diversity.png").exists() and (out / "mse_per_position_by_M.png").exists()
     assert "threshold:" in iclab("threshold", spec, "--out", out, "--no-progress")
@@ -111,3 +125,18 @@ def test_analyze_and_bench(tmp_path):
     iclab("train", "autoregressive-linear", *SET, "--out", run, "--no-progress")
     assert "one-step GD fit" in iclab("analyze", run, "--n-sequences", "32")
     assert "usage" in iclab("bench", "--help").lower()
+
+
+def test_predict_and_forecast_on_the_example_data(tmp_path):
+    data = tmp_path / "example_data"
+    iclab("make-example-data", "--out", data)
+    regression, autoregressive = tmp_path / "regression", tmp_path / "ar"
+    iclab("train", "tiny", *SET, "--out", regression, "--no-progress")
+    out = tmp_path / "predictions.csv"
+    printed = iclab("predict", regression, data / "regression.csv", "--out", out)
+    assert "leave-one-out MSE" in printed and out.read_text().count("\n") == 1 + 5
+    real = ["--set", "w_family=orthogonal", "--set", "n_dims=3"]
+    iclab("train", "autoregressive-linear", *SET, *real, "--out", autoregressive, "--no-progress")
+    out = tmp_path / "forecast.csv"
+    assert "Persistence" in iclab("forecast", autoregressive, data / "series.csv", "--out", out)
+    assert out.with_suffix(".png").exists()

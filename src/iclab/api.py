@@ -19,7 +19,7 @@ import torch
 
 from iclab import config as _config
 from iclab.config import RunConfig
-from iclab.evaluation import metric_labels
+from iclab.evaluation import flat_means, metric_labels
 from iclab.families import family_of
 from iclab.training import RunDirectory
 
@@ -71,15 +71,13 @@ class Run:
         (regression: "true.mse_PT", "pretrain.delta_PT,Ridge")."""
         import pandas as pd
 
-        rows = []
-        for record in self.directory.metrics():
-            row = {key: record[key] for key in ("step", "train_loss", "lr")}
-            evaluation = record["eval"]
-            for distribution, result in evaluation["distributions"].items():
-                for metric in metric_labels(evaluation):
-                    for name, value in result[f"{metric}_mean"].items():
-                        row[f"{distribution}.{metric}_{name}"] = value
-            rows.append(row)
+        rows = [
+            {
+                **{key: record[key] for key in ("step", "train_loss", "lr")},
+                **flat_means(record["eval"]),
+            }
+            for record in self.directory.metrics()
+        ]
         return pd.DataFrame(rows)
 
     def errors_per_position(self, evaluation: dict | None = None):
@@ -136,21 +134,34 @@ def open_run(path: str | Path) -> Run:
 
 
 def train(
-    config: RunConfig, out: str | Path | None = None, resume: bool = False, progress: bool = True
+    config: RunConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log_to: str | None = None,
 ) -> Run:
     """Train `config` into run directory `out` (default runs/HASH), evaluate it, return the Run.
-    A directory holding another run is refused; resume=True continues a stopped run there."""
+    A directory holding another run is refused; resume=True continues a stopped run there.
+    log_to: "tensorboard" or "wandb" mirrors its evaluations and figures (iclab.tracking)."""
     from iclab.experiment import run
 
     out = Path("runs") / config.run_hash() if out is None else out
-    run(config, out, resume=resume, progress=progress)
+    run(config, out, resume=resume, progress=progress, log_to=log_to)
     return Run(out)
 
 
-def sweep(spec, out: str | Path, executor=None, retry_failed: bool = False, progress: bool = True):
+def sweep(
+    spec,
+    out: str | Path,
+    executor=None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    log_to: str | None = None,
+):
     """Train every run of a sweep spec (a TOML path or a loaded SweepSpec) into the sweep
     directory `out` that is not complete yet. executor: None (one local worker), "local", "ray",
-    or an executor of iclab.sweeps.executors. Returns the SweepOutcome."""
+    or an executor of iclab.sweeps.executors; log_to as for train, one tracked run per run,
+    grouped by the sweep. Returns the SweepOutcome."""
     from iclab.sweeps.executors import make_executor
     from iclab.sweeps.runner import run_sweep
     from iclab.sweeps.spec import SweepSpec, load_spec
@@ -159,7 +170,7 @@ def sweep(spec, out: str | Path, executor=None, retry_failed: bool = False, prog
         spec = load_spec(spec)
     if executor is None or isinstance(executor, str):
         executor = make_executor(executor or "local")
-    return run_sweep(spec, out, executor, retry_failed, progress)
+    return run_sweep(spec, out, executor, retry_failed, progress, log_to)
 
 
 def results_table(out: str | Path):

@@ -14,6 +14,7 @@ from iclab.studies import STUDIES
 from iclab.studies.task_diversity.reproduction import PRESETS as TASK_DIVERSITY_PRESETS
 from iclab.sweeps.store import SweepError
 from iclab.training import TrainingDiverged
+from iclab.user_data.csv_table import DataError
 
 USAGE_ERROR = 2
 INTERRUPTED = 130  # the shell convention for SIGINT
@@ -25,7 +26,7 @@ def _train(args) -> int:
     config = load_config(args.config, args.set)
     out = args.out or Path("runs") / f"{resolve_config_path(args.config).stem}-{config.run_hash()}"
     print(f"run directory: {out}")
-    run = train(config, out, resume=args.resume, progress=not args.no_progress)
+    run = train(config, out, args.resume, not args.no_progress, args.log_to)
     print(format_evaluation(run.evaluation))
     return 0
 
@@ -96,7 +97,8 @@ def _executor(args):
 def _sweep(args) -> int:
     from iclab.api import sweep
 
-    outcome = sweep(args.spec, args.out, _executor(args), args.retry_failed, not args.no_progress)
+    progress = not args.no_progress
+    outcome = sweep(args.spec, args.out, _executor(args), args.retry_failed, progress, args.log_to)
     _status(args)
     print(
         f"{len(outcome.completed)} runs completed, {len(outcome.failed)} failed, "
@@ -168,6 +170,34 @@ def _interpolate(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from iclab.user_data.predict import format_prediction, predict_csv
+
+    result = predict_csv(args.run_dir, args.data, args.out, args.target)
+    print(format_prediction(result))
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _forecast(args) -> int:
+    from iclab.user_data.forecast import forecast_csv, format_forecast
+
+    result = forecast_csv(args.run_dir, args.series, args.out)
+    print(format_forecast(result))
+    for path in result.paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _make_example_data(args) -> int:
+    from iclab.user_data.example_data import write_example_data
+
+    for path in write_example_data(args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def _bench(arguments: list[str]) -> int:
     # benchmarks/ ships with the source tree, next to src/, and is not installed.
     root = Path(__file__).resolve().parents[2]
@@ -235,6 +265,14 @@ def _add_executor_options(parser) -> None:
     )
 
 
+def _add_log_to(parser) -> None:
+    parser.add_argument(
+        "--log-to",
+        choices=["tensorboard", "wandb"],
+        help="mirror evaluations, config and figures to a tracker (wandb: offline by default)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclab", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run directory (default runs/NAME-HASH)")
     train.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_log_to(train)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a run directory's checkpoint")
@@ -294,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, required=True, help="the sweep directory")
     sweep.add_argument("--retry-failed", action="store_true", help="rerun failed runs")
     sweep.add_argument("--no-progress", action="store_true")
+    _add_log_to(sweep)
     _add_executor_options(sweep)
     sweep.set_defaults(handler=_sweep)
 
@@ -337,6 +377,31 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--pdf", action="store_true", help="also save the figure as PDF")
     interpolate.set_defaults(handler=_interpolate)
 
+    predict = commands.add_parser(
+        "predict", help="a trained run's in-context predictions for the rows of a CSV (README)"
+    )
+    predict.add_argument("run_dir", type=Path, help="a trained run of feature vectors and targets")
+    predict.add_argument(
+        "data", type=Path, help="CSV: feature columns and a target; rows without it are queries"
+    )
+    predict.add_argument("--target", help="the target column (default: the last)")
+    predict.add_argument("--out", type=Path, help="default: DATA-STEM_predictions.csv")
+    predict.set_defaults(handler=_predict)
+
+    forecast = commands.add_parser(
+        "forecast", help="a trained run's one-step forecasts of a multivariate series (README)"
+    )
+    forecast.add_argument("run_dir", type=Path, help="a trained run of real state sequences")
+    forecast.add_argument("series", type=Path, help="CSV: one column per channel, rows = time")
+    forecast.add_argument("--out", type=Path, help="default: SERIES-STEM_forecast.csv")
+    forecast.set_defaults(handler=_forecast)
+
+    examples = commands.add_parser(
+        "make-example-data", help="write two small synthetic CSVs for predict and forecast"
+    )
+    examples.add_argument("--out", type=Path, default=Path("example_data"), help="(example_data)")
+    examples.set_defaults(handler=_make_example_data)
+
     bench = commands.add_parser(
         "bench", help="performance benchmarks (python -m benchmarks)", add_help=False
     )
@@ -354,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as error:
         print(f"iclab: config error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except DataError as error:
+        print(f"iclab: {error}", file=sys.stderr)
         return USAGE_ERROR
     except OSError as error:  # a path that cannot be read or written: full disk, permissions
         where = f": {error.filename!r}" if error.filename else ""

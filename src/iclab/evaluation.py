@@ -30,6 +30,17 @@ def metric_labels(evaluation: dict) -> dict[str, str]:
     return evaluation.get("metric_labels", LEGACY_METRIC_LABELS)
 
 
+def flat_means(evaluation: dict, separator: str = ".") -> dict[str, float]:
+    """Every metric averaged over positions, keyed DISTRIBUTION + separator + METRIC_NAME (for
+    example "true.delta_PT,Ridge"): what tables and trackers show of an evaluation."""
+    return {
+        f"{distribution}{separator}{metric}_{name}": value
+        for distribution, result in evaluation["distributions"].items()
+        for metric in metric_labels(evaluation)
+        for name, value in result[f"{metric}_mean"].items()
+    }
+
+
 def _error_table(batches, predictors: dict, pairs, metrics: tuple, n_sequences, scale) -> dict:
     """Every predictor metric per predictor and every pair metric per pair, per position
     (divided by n_sequences and scale) and averaged over positions, over `batches` of

@@ -1,6 +1,5 @@
 """One run end to end: train, evaluate on the full evaluation set, write eval.json."""
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -8,6 +7,7 @@ import torch
 from iclab.config import RunConfig
 from iclab.families import family_of, make_task
 from iclab.plots import plot_error_per_position
+from iclab.tracking import RunTracker
 from iclab.training import (
     RunDirectory,
     build_model,
@@ -25,21 +25,26 @@ def run(
     run_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
-    on_log: Callable[[int, float], None] | None = None,
-    on_checkpoint: Callable[[int], None] | None = None,
+    log_to: str | None = None,
 ) -> dict:
-    """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json.
+    """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json; with
+    log_to (iclab.tracking.BACKENDS) mirror its evaluations and figures to that tracker."""
+    tracker = None if log_to is None else RunTracker(log_to, run_dir, config)
 
-    on_log and on_checkpoint are passed to training.train (reports from worker processes)."""
+    def on_evaluation(_index: int, record: dict) -> None:
+        tracker.log(record)
+
     result = train(
         config,
         run_dir,
         resume=resume,
         progress=progress,
-        on_log=on_log,
-        on_checkpoint=on_checkpoint,
+        on_evaluation=None if tracker is None else on_evaluation,
     )
-    return finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+    evaluation = finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+    if tracker is not None:
+        tracker.finish(RunDirectory(run_dir))
+    return evaluation
 
 
 def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float) -> dict:

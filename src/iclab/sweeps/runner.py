@@ -16,6 +16,7 @@ from iclab.sweeps.executors import LocalExecutor
 from iclab.sweeps.spec import SweepRun, SweepSpec
 from iclab.sweeps.store import SweepStore
 from iclab.sweeps.worker import Job
+from iclab.tracking import RunTracker, check_backend
 from iclab.training import ensemble_key
 
 
@@ -61,19 +62,23 @@ def run_runs(
     ensemble: bool = False,
     retry_failed: bool = False,
     progress: bool = True,
+    log_to: str | None = None,
 ) -> SweepOutcome:
-    """Train and evaluate every run of `runs` that out_dir does not hold complete yet.
+    """Train and evaluate every run of `runs` that out_dir does not hold complete yet; with
+    log_to (iclab.tracking.BACKENDS) mirror each run's evaluations and figures to that tracker,
+    grouped by the sweep directory's name.
 
     Failed runs are recorded (failed.json) and skipped on later calls unless retry_failed; the
     rest goes on. Interrupted runs resume from their last checkpoint. Runs the executor hands
     back no outcome for (a local pool broke when one of its workers died) run again, from their
     last checkpoint, as long as each round settles at least one run. The sweep directory is
     locked meanwhile (iclab.locks): a second driver on it is refused."""
+    check_backend(log_to)
     with exclusive(out_dir, "sweep directory"):
-        return _run_runs(runs, out_dir, executor, ensemble, retry_failed, progress)
+        return _run_runs(runs, out_dir, executor, ensemble, retry_failed, progress, log_to)
 
 
-def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progress: bool):
+def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: bool, log_to):
     started = time.perf_counter()
     executor = executor or LocalExecutor()
     store = SweepStore(out_dir)
@@ -86,6 +91,10 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progr
             outcome.skipped.append(run.run_hash)
         else:
             todo.append(run)
+    trackers = {}
+    if log_to is not None:
+        group = Path(out_dir).resolve().name
+        trackers = {run.run_hash: RunTracker(log_to, out_dir, run.config, group) for run in todo}
     steps = {run.run_hash: _steps_done(store.run(run.run_hash)) for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
@@ -103,6 +112,8 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progr
                 steps[run_hash] = payload
             elif kind == "files":
                 store.write_checkpoint_files(run_hash, payload)
+            elif kind == "evaluation" and run_hash in trackers:
+                trackers[run_hash].log(payload)
             bar.update(sum(steps.values()) - bar.n)
 
         while todo:
@@ -113,6 +124,8 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed: bool, progr
                     if result.error is None:
                         store.run(run_hash).write_files(result.files[index])
                         outcome.completed.append(run_hash)
+                        if run_hash in trackers:
+                            trackers[run_hash].finish(store.run(run_hash))
                         steps[run_hash] = total[run_hash]
                     else:
                         store.run(run_hash).write_failure(result.error)
@@ -133,8 +146,9 @@ def run_sweep(
     executor=None,
     retry_failed: bool = False,
     progress: bool = True,
+    log_to: str | None = None,
 ) -> SweepOutcome:
-    return run_runs(spec.runs(), out_dir, executor, spec.ensemble, retry_failed, progress)
+    return run_runs(spec.runs(), out_dir, executor, spec.ensemble, retry_failed, progress, log_to)
 
 
 def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:

@@ -4,8 +4,8 @@ filesystem: a job starts from the files the driver sends (a resumed run's config
 metrics), reports progress and every checkpoint's files through `report`, and returns each run's
 final files. The driver writes them (iclab.sweeps.store).
 
-Messages passed to report: ("progress", run_hash, steps done) and ("files", run_hash, files).
-"""
+Messages passed to report: ("progress", run_hash, steps done), ("files", run_hash, files) and
+("evaluation", run_hash, the metrics.jsonl record of a periodic evaluation)."""
 
 import tempfile
 import traceback
@@ -60,7 +60,11 @@ def execute(job: Job, report: Callable) -> Outcome:
                 for run_hash, run_dir in zip(hashes, run_dirs, strict=True):
                     report(("files", run_hash, RunDirectory(run_dir).read_files(RESUME_FILES)))
 
-            results = train_runs(job.configs, run_dirs, resume, False, None, on_log, on_checkpoint)
+            def on_evaluation(index: int, record: dict) -> None:
+                report(("evaluation", hashes[index], record))
+
+            callbacks = (on_log, on_checkpoint, on_evaluation)
+            results = train_runs(job.configs, run_dirs, resume, False, None, *callbacks)
             for config, run_dir, result in zip(job.configs, run_dirs, results, strict=True):
                 finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
             return Outcome(files=[RunDirectory(run_dir).read_files() for run_dir in run_dirs])

@@ -62,11 +62,14 @@ def evaluate_as_configured(model, task, config: RunConfig, n_sequences: int) -> 
 
 def record_evaluation(
     run: RunDirectory, model, task, config: RunConfig, done: int, loss: float
-) -> None:
-    """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl."""
+) -> dict:
+    """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl;
+    returns the record."""
     evaluation = evaluate_as_configured(model, task, config, config.train.eval_sequences)
     lr = learning_rate(config.train, done - 1)
-    run.append_metrics({"step": done, "train_loss": loss, "lr": lr, "eval": evaluation})
+    record = {"step": done, "train_loss": loss, "lr": lr, "eval": evaluation}
+    run.append_metrics(record)
+    return record
 
 
 @dataclass
@@ -147,6 +150,7 @@ def train_runs(
     stop_after: int | None = None,
     on_log: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_evaluation: Callable[[int, dict], None] | None = None,
 ) -> list[TrainResult]:
     """Train one config, or several with one ensemble_key as a stacked ensemble; with run_dirs
     (one per config) write metrics, checkpoints and config there.
@@ -155,7 +159,9 @@ def train_runs(
     used to test that resuming equals an uninterrupted run. on_log: called with (steps done, mean
     loss since the last call, averaged over members) every log_every steps, e.g. to report progress
     from a worker process. on_checkpoint: called with the step after each checkpoint is written,
-    e.g. to ship the run directories' files from a worker to the sweep driver. Each run
+    e.g. to ship the run directories' files from a worker to the sweep driver. on_evaluation:
+    called with (member index, record) after each periodic evaluation is appended to
+    metrics.jsonl, e.g. to mirror it to a tracker (iclab.tracking). Each run
     directory is locked while it trains (iclab.locks): a second writer is refused.
     """
     if len(configs) > 1:
@@ -174,7 +180,8 @@ def train_runs(
             ]
             for run in runs:
                 locks.enter_context(exclusive(run.path, "run directory"))
-        return _train(configs, runs, device, resume, progress, stop_after, on_log, on_checkpoint)
+        callbacks = (on_log, on_checkpoint, on_evaluation)
+        return _train(configs, runs, device, resume, progress, stop_after, *callbacks)
 
 
 def _train(
@@ -186,6 +193,7 @@ def _train(
     stop_after: int | None,
     on_log: Callable[[int, float], None] | None,
     on_checkpoint: Callable[[int], None] | None,
+    on_evaluation: Callable[[int, dict], None] | None,
 ) -> list[TrainResult]:
     """The loop of train_runs, on run directories already created and locked."""
     train_config = configs[0].train
@@ -252,10 +260,12 @@ def _train(
         if evaluate_now or checkpoint_now:
             stepper.sync(lr)
         if evaluate_now:
-            for run, model, task, config, loss in zip(
-                runs, models, tasks, configs, losses.last, strict=True
+            for index, (run, model, task, config, loss) in enumerate(
+                zip(runs, models, tasks, configs, losses.last, strict=True)
             ):
-                record_evaluation(run, model, task, config, done, loss)
+                record = record_evaluation(run, model, task, config, done, loss)
+                if on_evaluation is not None:
+                    on_evaluation(index, record)
         if checkpoint_now:
             if not stepper.all_finite():
                 raise TrainingDiverged(f"weights became NaN/inf before step {done}; {_kept(runs)}")
@@ -283,8 +293,9 @@ def train(
     stop_after: int | None = None,
     on_log: Callable[[int, float], None] | None = None,
     on_checkpoint: Callable[[int], None] | None = None,
+    on_evaluation: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
     """Train one run (see train_runs)."""
     run_dirs = None if run_dir is None else [run_dir]
-    results = train_runs([config], run_dirs, resume, progress, stop_after, on_log, on_checkpoint)
-    return results[0]
+    callbacks = (on_log, on_checkpoint, on_evaluation)
+    return train_runs([config], run_dirs, resume, progress, stop_after, *callbacks)[0]

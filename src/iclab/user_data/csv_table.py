@@ -1,0 +1,98 @@
+"""Reading a user's CSV: a header of column names, then rows of numbers. Every problem is one
+DataError naming the file, the row (1-based, counting the header as line 1) and the column."""
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_BYTES = 64 * 2**20  # a run sees at most n_points rows: larger files are a mistake
+
+
+class DataError(ValueError):
+    """A user's data file cannot be used as asked; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """The numbers of a CSV: columns (names), rows (one list per data line, None where a cell is
+    empty) and the file's line number of each row."""
+
+    path: Path
+    columns: list[str]
+    rows: list[list[float | None]]
+    lines: list[int]
+
+    def where(self, index: int, column: int | None = None) -> str:
+        cell = "" if column is None else f", column {self.columns[column]!r}"
+        return f"{str(self.path)!r} line {self.lines[index]}{cell}"
+
+    def require_complete(self, columns: range | list[int]) -> None:
+        """Every row has a value in each of `columns`."""
+        for index, row in enumerate(self.rows):
+            for column in columns:
+                if row[column] is None:
+                    raise DataError(f"{self.where(index, column)}: missing value")
+
+
+def read_table(path: str | Path, what: str) -> Table:
+    """The CSV at path (`what` names its role in messages, e.g. "data file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise DataError(
+            f"{what} {str(path)!r} is {size / 2**20:.0f} MiB; at most {MAX_BYTES // 2**20} MiB is "
+            "read (a run sees only its last n_points rows): pass the rows you need"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{what} {str(path)!r} is not UTF-8 text") from None
+    lines = list(csv.reader(io.StringIO(text)))
+    numbered = [
+        (number, cells) for number, cells in enumerate(lines, 1) if any(c.strip() for c in cells)
+    ]
+    if not numbered:
+        raise DataError(f"{what} {str(path)!r} is empty: expected a header line and rows")
+    (_, header), *body = numbered
+    columns = [name.strip() for name in header]
+    if any(not name for name in columns) or len(set(columns)) != len(columns):
+        raise DataError(
+            f"{what} {str(path)!r}: the header {header} needs distinct, non-empty names"
+        )
+    if not body:
+        raise DataError(f"{what} {str(path)!r} has a header but no rows")
+    rows = []
+    for number, cells in body:
+        if len(cells) != len(columns):
+            raise DataError(
+                f"{str(path)!r} line {number}: {len(cells)} cells, the header has {len(columns)}"
+            )
+        row = []
+        for name, cell in zip(columns, cells, strict=True):
+            row.append(_number(cell, f"{str(path)!r} line {number}, column {name!r}"))
+        rows.append(row)
+    return Table(path, columns, rows, [number for number, _ in body])
+
+
+def _number(cell: str, where: str) -> float | None:
+    cell = cell.strip()
+    if not cell:
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(f"{where}: {cell!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: {cell!r} is not a finite number")
+    return value
+
+
+def refuse_existing(*paths: Path) -> None:
+    """Outputs are never written over: a DataError if any of paths exists."""
+    for path in paths:
+        if path.exists():
+            raise DataError(f"{str(path)!r} exists; choose another --out (nothing was written)")

@@ -1,13 +1,20 @@
-"""Figures (matplotlib, Agg backend): saved as PNG, and PDF when asked."""
+"""Figures (matplotlib, Agg backend): saved as PNG, and PDF when asked, and closed.
+
+The Agg backend is chosen only where nobody chose one: a notebook (whose kernel sets MPLBACKEND
+to its inline backend) or a script that imported pyplot first keeps its own.
+"""
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
 from iclab.evaluation import metric_labels
 
-matplotlib.use("Agg")
+if "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 

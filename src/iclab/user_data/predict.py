@@ -61,6 +61,12 @@ class Standardisation:
         return predictions / self.y_scale * self.y_std + self.y_mean
 
 
+def training_target_std(task_config) -> float:
+    """The standard deviation of y in a run's training data: sqrt(n_dims prior_std^2 +
+    noise_std^2)."""
+    return math.sqrt(task_config.n_dims * task_config.prior_std**2 + task_config.noise_std**2)
+
+
 def predictors_of(config, model) -> dict:
     """The PT and its baselines, each called as predict(xs, ys)."""
     from iclab.estimators.regression import LeastSquares, Ridge
@@ -79,14 +85,15 @@ def in_context_predictions(
 ) -> dict[str, torch.Tensor]:
     """Each predictor's prediction (data units) for each query row (n_queries, n_dims) after the
     context xs (n_context, n_dims), ys (n_context,)."""
+    xs, ys, queries = xs.double(), ys.double(), queries.double()  # data units can be large
     scale = Standardisation.of(xs, ys, y_scale)
     n, c = len(queries), len(xs)
     sequence_xs = torch.cat(
         [scale.features(xs).expand(n, c, -1), scale.features(queries)[:, None]], 1
-    )
-    sequence_ys = torch.cat([scale.target(ys).expand(n, c), ys.new_zeros(n, 1)], 1)
+    ).float()
+    sequence_ys = torch.cat([scale.target(ys).expand(n, c), ys.new_zeros(n, 1)], 1).float()
     return {
-        name: scale.back(predict(sequence_xs, sequence_ys)[:, -1].float())
+        name: scale.back(predict(sequence_xs, sequence_ys)[:, -1].double())
         for name, predict in predictors.items()
     }
 
@@ -168,17 +175,14 @@ def predict_csv(
 
     _, model, _ = load_trained(run)
     predictors = predictors_of(config, model)
-    xs = torch.tensor([[row[i] for i in feature_columns] for row in kept], dtype=torch.float64)
-    ys = torch.tensor([row[t] for row in kept], dtype=torch.float64)
     device = next(model.parameters()).device
-    xs, ys = xs.float().to(device), ys.float().to(device)
-    task = config.task
-    y_scale = math.sqrt(n_dims * task.prior_std**2 + task.noise_std**2)
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.float64, device=device)  # noqa: E731
+    xs = as_tensor([[row[i] for i in feature_columns] for row in kept])
+    ys = as_tensor([row[t] for row in kept])
+    y_scale = training_target_std(config.task)
     predictions = {name: [] for name in predictors}
     if queries:
-        found = in_context_predictions(
-            predictors, xs, ys, torch.tensor(queries, device=device), y_scale
-        )
+        found = in_context_predictions(predictors, xs, ys, as_tensor(queries), y_scale)
         predictions = {name: values.tolist() for name, values in found.items()}
     result = PredictionResult(
         target,

@@ -62,9 +62,9 @@ def _demo(args) -> int:
 
 
 def _analyze(args) -> int:
-    from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
+    from iclab.studies import analyze
 
-    print(format_analysis(analyze_run(args.run_dir, args.n_sequences)))
+    print(analyze(args.run_dir, args.n_sequences))
     print(f"analysis.json and figures in {args.run_dir}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Closed-form baselines for noisy linear regression (Raventos et al. 2023): Ridge, LeastSquares.
+"""Closed-form baselines for noisy linear regression (Raventos et al. 2023): Ridge, LeastSquares,
+GradientDescent (plain or preconditioned).
 
 Data: y_j = w.x_j + eps_j, eps_j ~ N(0, noise_std^2). Every estimator has
 `predict(xs, ys) -> (batch, n_points)` with xs (batch, n_points, n_dims) and ys (batch, n_points);
@@ -110,5 +111,62 @@ class LeastSquares:
         _check_inputs(xs, ys)
         dtype = _compute_dtype(xs.dtype)
         return min_norm_predictions(xs.to(dtype), ys.to(dtype)).to(xs.dtype)
+
+    __call__ = predict
+
+
+def gd_iterates(
+    xs: Tensor, ys: Tensor, step_size: float, steps: int, preconditioner_ridge: float | None = None
+):
+    """The predictions (batch, n_points) of GradientDescent after each of 1..steps steps, in the
+    compute dtype (one solve for the preconditioner, however many steps)."""
+    gram, xty = prefix_stats(xs, ys)
+    counts = torch.arange(xs.shape[1], device=xs.device, dtype=xs.dtype).clamp_min(1)
+    gram, xty = gram / counts[:, None, None], xty / counts[:, None]  # position 0: zeros
+    if preconditioner_ridge is not None:
+        shifted = gram.clone()
+        shifted.diagonal(dim1=-2, dim2=-1).add_(preconditioner_ridge)
+        both = torch.linalg.solve(shifted, torch.cat([gram, xty[..., None]], dim=-1))
+        gram, xty = both[..., :-1], both[..., -1]  # P G and P b
+    w = torch.zeros_like(xty)
+    for _ in range(steps):
+        w = w - step_size * ((gram @ w[..., None])[..., 0] - xty)
+        yield (xs * w).sum(-1)
+
+
+class GradientDescent:
+    """`steps` steps of gradient descent from w = 0 on the prefix's mean squared error
+    L_k(w) = 1/(2k) sum_{j<k} (w.x_j - y_j)^2, preconditioned by P_k = (G_k / k + lambda I)^-1
+    when `preconditioner_ridge` lambda is given (plain GD: P = I):
+
+        w_{t+1} = w_t - step_size P_k (G_k w_t - b_k) / k,
+
+    then predicts w_steps . x_k (position 0: 0). One preconditioned step of size 1 is ridge with
+    regulariser k lambda (Ridge with noise_std^2 / prior_std^2 = k lambda); many plain steps of a
+    small enough size approach least squares. The algorithm families that trained transformers
+    are compared with (von Oswald et al. 2023; Ahn et al. 2023)."""
+
+    name = "GD"
+
+    def __init__(self, steps: int, step_size: float, preconditioner_ridge: float | None = None):
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if not step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        if preconditioner_ridge is not None and not preconditioner_ridge > 0:
+            raise ValueError(f"preconditioner_ridge must be > 0, got {preconditioner_ridge}")
+        self.steps, self.step_size = steps, float(step_size)
+        self.preconditioner_ridge = preconditioner_ridge
+
+    @torch.no_grad()
+    def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        _check_inputs(xs, ys)
+        dtype = _compute_dtype(xs.dtype)
+        iterates = gd_iterates(
+            xs.to(dtype), ys.to(dtype), self.step_size, self.steps, self.preconditioner_ridge
+        )
+        *_, last = iterates
+        return last.to(xs.dtype)
 
     __call__ = predict

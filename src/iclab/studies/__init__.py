@@ -33,3 +33,30 @@ def reproduce(
         out = out or Path("autoregressive_out")
         return reproduce_autoregressive(out, progress, settings=MINI if quick else FULL)
     raise ConfigError(f"study = {study!r} is not allowed: one of {STUDIES}")
+
+
+def analyze(run_dir: str | Path, n_sequences: int = 2048) -> str:
+    """What a trained run computes (`iclab analyze`): for an autoregressive run the one-step GD
+    fit and weight structure, for a regression run the algorithm fit; writes analysis.json and
+    figures in the run directory and returns the summary text."""
+    from iclab.training import RunDirectory
+
+    run = RunDirectory(run_dir)
+    if not run.has_config():
+        raise ConfigError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
+    family = run.config().task.family
+    if family == "regression":
+        from iclab.studies.task_diversity.analysis import (
+            analyze_regression_run,
+            format_regression_analysis,
+        )
+
+        return format_regression_analysis(analyze_regression_run(run_dir, n_sequences))
+    if family == "autoregressive":
+        from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
+
+        return format_analysis(analyze_run(run_dir, n_sequences))
+    raise ConfigError(
+        f"task.family = {family!r} in {str(run.path)!r} has no analysis: "
+        "iclab analyze reads regression and autoregressive runs"
+    )

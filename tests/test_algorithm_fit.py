@@ -123,3 +123,39 @@ def test_iclab_analyze_on_a_regression_run(tmp_path, capsys):
         assert len(fits["Ridge"]["best_per_position"]) == run.config.task.n_points
     assert (run.path / "algorithm_fit.png").stat().st_size > 10_000
     assert main(["analyze", str(tmp_path)]) == 2
+
+
+def test_a_probe_recovers_a_planted_feature_and_not_a_shuffled_one():
+    from iclab.studies.task_diversity.probes import probe_r2
+
+    generator = torch.Generator().manual_seed(0)
+    residual = torch.randn(2000, 32, generator=generator)
+    planted = residual @ torch.randn(32, 3, generator=generator)
+    target = planted + 0.1 * torch.randn(2000, 3, generator=generator)
+    assert probe_r2(residual, target) > 0.99
+    shuffled = target[torch.randperm(2000, generator=generator)]
+    assert probe_r2(residual, shuffled) < 0.05
+    assert probe_r2(residual, torch.zeros(2000, 3)) is None  # R^2 undefined, not noise
+
+
+def test_iclab_analyze_on_a_sweep_directory(tmp_path, capsys):
+    import json
+
+    from iclab.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'base = "tiny"\n[set]\nsteps = 8\neval_every = 8\neval_sequences = 32\nn_sequences = 64\n'
+        '[grid]\nn_tasks = [4, "inf"]\n'
+    )
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
+    assert main(["analyze", str(out), "--n-sequences", "64"]) == 0
+    assert "closest family" in capsys.readouterr().out
+    rows = json.loads((out / "analysis.json").read_text())["runs"]
+    assert [row["n_tasks"] for row in rows] == [4, None]
+    assert rows[1]["switch_r2"] is None  # at M = inf dMMSE is ridge: the probe is undefined
+    assert isinstance(rows[0]["switch_r2"], float)
+    assert (out / "analysis_by_M.png").stat().st_size > 10_000
+    for run in (out / "runs").iterdir():
+        assert (run / "probes.png").exists() and (run / "attention.png").exists()

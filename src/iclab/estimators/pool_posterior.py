@@ -90,12 +90,21 @@ class DMMSE(_PoolPosterior):
     @torch.no_grad()
     def predict(self, xs: Tensor, ys: Tensor) -> Tensor:
         """Predictions (batch, n_points) from xs (batch, n_points, n_dims), ys (batch, n_points)."""
+        means = self.posterior_means(xs, ys)
+        return (xs.to(means.dtype) * means).sum(-1).to(xs.dtype)
+
+    __call__ = predict
+
+    @torch.no_grad()
+    def posterior_means(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """The posterior mean of w given the pairs before each position, (batch, n_points,
+        n_dims), in the compute dtype (position 0: the pool's mean)."""
         xs_c, ys_c, pool = self._inputs(xs, ys)
         batch, n_points, n_dims = xs.shape
-        preds = xs_c.new_empty(batch, n_points)
-        preds[:, 0] = xs_c[:, 0] @ pool.mean(0)
+        means = xs_c.new_empty(batch, n_points, n_dims)
+        means[:, 0] = pool.mean(0)
         if n_points == 1:
-            return preds.to(xs.dtype)
+            return means
         # [x, -y] . [w, 1] = w.x - y puts the residual inside the matrix product; the factor
         # sqrt(log2(e) / (2 sigma^2)) makes its square the energy in log2 units.
         scale = math.sqrt(math.log2(math.e) / 2) / self.noise_std
@@ -121,11 +130,8 @@ class DMMSE(_PoolPosterior):
                 task_columns, task_rows, block, n_dense, margin, self.chunk_size, store
             )
 
-        w_bar = torch.cat(map_in_workers(block_means, blocks, pool.device))
-        preds[:, 1:] = (xs_c[:, 1:] * w_bar).sum(-1)
-        return preds.to(xs.dtype)
-
-    __call__ = predict
+        means[:, 1:] = torch.cat(map_in_workers(block_means, blocks, pool.device))
+        return means
 
 
 def _prefix_energies(slabs: tuple[Tensor, ...]) -> None:

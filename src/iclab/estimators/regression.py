@@ -92,12 +92,21 @@ class Ridge:
         xs_c, ys_c = xs.to(dtype), ys.to(dtype)
         if self.noise_std == 0:
             return min_norm_predictions(xs_c, ys_c).to(xs.dtype)
-        gram, xty = prefix_stats(xs_c, ys_c)
-        gram.diagonal(dim1=-2, dim2=-1).add_((self.noise_std / self.prior_std) ** 2)
-        w = torch.linalg.solve(gram, xty)  # one batched solve for all (sequence, position) pairs
-        return (xs_c * w).sum(-1).to(xs.dtype)
+        return (xs_c * self.posterior_means(xs_c, ys_c)).sum(-1).to(xs.dtype)
 
     __call__ = predict
+
+    @torch.no_grad()
+    def posterior_means(self, xs: Tensor, ys: Tensor) -> Tensor:
+        """w_k = (G_k + lambda I)^-1 b_k for every position, (batch, n_points, n_dims), in the
+        compute dtype (lambda = 0: the minimum-norm solution pinv(G_k) b_k)."""
+        _check_inputs(xs, ys)
+        dtype = _compute_dtype(xs.dtype)
+        gram, xty = prefix_stats(xs.to(dtype), ys.to(dtype))
+        if self.noise_std == 0:
+            return (torch.linalg.pinv(gram, hermitian=True) @ xty[..., None])[..., 0]
+        gram.diagonal(dim1=-2, dim2=-1).add_((self.noise_std / self.prior_std) ** 2)
+        return torch.linalg.solve(gram, xty)  # one batched solve for all (sequence, position)
 
 
 class LeastSquares:

@@ -37,13 +37,22 @@ def reproduce(
 
 def analyze(run_dir: str | Path, n_sequences: int = 2048) -> str:
     """What a trained run computes (`iclab analyze`): for an autoregressive run the one-step GD
-    fit and weight structure, for a regression run the algorithm fit; writes analysis.json and
-    figures in the run directory and returns the summary text."""
+    fit and weight structure, for a regression run the algorithm fit, probes and attention (on a
+    sweep directory: of each regression run, with the curves against M); writes analysis.json
+    and figures there and returns the summary text."""
+    from iclab.sweeps.store import SWEEP_FILE
     from iclab.training import RunDirectory
 
     run = RunDirectory(run_dir)
+    if not run.has_config() and (Path(run_dir) / SWEEP_FILE).exists():
+        from iclab.studies.task_diversity.analysis import analyze_sweep, format_sweep_analysis
+
+        return format_sweep_analysis(analyze_sweep(run_dir, n_sequences)["runs"])
     if not run.has_config():
-        raise ConfigError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
+        raise ConfigError(
+            f"{str(run.path)!r} is neither an iclab run directory (config.toml) nor a sweep "
+            "directory (sweep.json)"
+        )
     family = run.config().task.family
     if family == "regression":
         from iclab.studies.task_diversity.analysis import (

@@ -147,7 +147,7 @@ def _scale_label(task_config) -> str:
     return "" if scale == 1 else " / D"
 
 
-def _log2_positions(n_tasks: list[int | None]) -> tuple[list[float], list[str]]:
+def log2_positions(n_tasks: list[int | None]) -> tuple[list[float], list[str]]:
     """x positions log2 M; infinity gets its own tick two octaves right of the largest M."""
     finite = [math.log2(m) for m in n_tasks if m is not None]
     inf_position = (max(finite) if finite else 0.0) + 2.0
@@ -177,7 +177,7 @@ def plot_task_diversity(
     for row in rows:
         groups.setdefault(row.get(series_key) if series_key else None, []).append(row)
     all_tasks = sorted({r["n_tasks"] for r in rows}, key=lambda m: math.inf if m is None else m)
-    positions, labels = _log2_positions(all_tasks)
+    positions, labels = log2_positions(all_tasks)
     x_of = dict(zip(all_tasks, positions, strict=True))
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for axis, distribution in zip(axes, ("pretrain", "true"), strict=True):

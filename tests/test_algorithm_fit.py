@@ -123,6 +123,9 @@ def test_iclab_analyze_on_a_regression_run(tmp_path, capsys):
         assert len(fits["Ridge"]["best_per_position"]) == run.config.task.n_points
     assert (run.path / "algorithm_fit.png").stat().st_size > 10_000
     assert main(["analyze", str(tmp_path)]) == 2
+    (run.path / "checkpoint.safetensors").unlink()
+    assert main(["analyze", str(run.path)]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
 
 
 def test_a_probe_recovers_a_planted_feature_and_not_a_shuffled_one():

@@ -53,6 +53,8 @@ def analyze(run_dir: str | Path, n_sequences: int = 2048) -> str:
             f"{str(run.path)!r} is neither an iclab run directory (config.toml) nor a sweep "
             "directory (sweep.json)"
         )
+    if not run.has_checkpoint():
+        raise ConfigError(f"{str(run.path)!r} has no checkpoint to analyse: train the run first")
     family = run.config().task.family
     if family == "regression":
         from iclab.studies.task_diversity.analysis import (

@@ -163,30 +163,34 @@ def format_sweep_analysis(rows: list[dict]) -> str:
     )
 
 
+def _plot_by_m(axis, rows, positions, value, **style) -> None:
+    """value(row) against log2 M: finite M as a line, M = infinity as a lone marker (a limit,
+    not a next octave); rows where value is None are left out."""
+    points = [(x, value(r), r["n_tasks"] is None) for x, r in zip(positions, rows, strict=True)]
+    points = [p for p in points if p[1] is not None]
+    finite = [(x, v) for x, v, at_infinity in points if not at_infinity]
+    if finite:
+        line = axis.plot(*zip(*finite, strict=True), marker="o", **style)[0]
+        style = {**style, "color": line.get_color(), "label": None}
+    for x, v, at_infinity in points:
+        if at_infinity:
+            axis.plot([x], [v], marker="o", ls="", **style)
+
+
 def plot_sweep_analysis(rows: list[dict], path: Path) -> Path:
     """Left: each family's Delta to the PT against log2 M (the winner is the lowest). Right: the
     probe R^2 for w_dMMSE - w_ridge at the last layer."""
     positions, labels = log2_positions([row["n_tasks"] for row in rows])
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for family in dict.fromkeys(f for row in rows for f in row["delta"]):
-        points = [
-            (x, row["delta"][family])
-            for x, row in zip(positions, rows, strict=True)
-            if family in row["delta"]
-        ]
-        left.plot(*zip(*points, strict=True), marker="o", label=family)
+        _plot_by_m(left, rows, positions, lambda row, f=family: row["delta"].get(f), label=family)
     left.set_yscale("log")
     left.set_ylabel("$\\Delta$ to the PT, true prior")
     left.set_title("closest member of each algorithm family")
     left.legend(fontsize="small")
-    switch = [
-        (x, row["switch_r2"])
-        for x, row in zip(positions, rows, strict=True)
-        if row["switch_r2"] is not None
-    ]
-    if switch:
-        right.plot(*zip(*switch, strict=True), marker="o", color="tab:purple")
-    right.set_ylim(-0.05, 1.05)
+    _plot_by_m(right, rows, positions, lambda row: row["switch_r2"], color="tab:purple")
+    lowest = min([0.0, *(row["switch_r2"] for row in rows if row["switch_r2"] is not None)])
+    right.set_ylim(lowest - 0.05, 1.05)
     right.set_ylabel(f"held-out $R^2$, probe for {SWITCH_TARGET}")
     right.set_title("last layer (undefined at M = $\\infty$)")
     for axis in (left, right):

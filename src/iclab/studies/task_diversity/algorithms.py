@@ -26,7 +26,7 @@ from iclab.estimators.pool_posterior import DMMSE, SmoothedDMMSE
 from iclab.estimators.regression import Ridge, gd_iterates
 from iclab.families import MODEL_NAME, family_of
 
-GD_STEPS = 8  # k = 1..GD_STEPS (the tiny model has 4 layers)
+GD_STEPS = 16  # k = 1..GD_STEPS (the tiny model has 4 layers; at 8 the best k of GD sat at 8)
 GRID_POINTS = 25
 GOLDEN_ITERATIONS = 20
 REFINEMENT_ROUNDS = 3  # of the 2-D search, one coordinate at a time

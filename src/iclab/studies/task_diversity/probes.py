@@ -106,15 +106,14 @@ def plot_probes(result: dict, path, distribution: str = "true"):
     for axis, (name, table) in zip(axes[0], r2.items(), strict=True):
         values = [[math.nan if v is None else v for v in row] for row in table]
         image = axis.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        axis.set_title(
-            name if any(v is not None for row in table for v in row) else f"{name}\n(undefined)"
-        )
+        defined = any(v is not None for row in table for v in row)
+        axis.set_title(name if defined else f"{name}: undefined", fontsize="medium")
         axis.set_xlabel("context position k")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.yaxis.get_major_locator().set_params(integer=True)
     axes[0, 0].set_ylabel("layer (0 = embedding)")
     figure.colorbar(image, ax=axes[0].tolist(), label="held-out $R^2$")
-    figure.suptitle(f"linear probes of the residual stream ({distribution} distribution)", y=1.04)
+    figure.suptitle(f"linear probes of the residual stream ({distribution} distribution)", y=1.08)
     return save_figure(figure, path, pdf=False)
 
 

@@ -106,6 +106,7 @@ def test_a_classification_sweep_reports_through_the_generic_tables(tmp_path, cap
     assert "Delta_PT,GaussianBayes(true)" in (out / "threshold.json").read_text()
 
 
+@pytest.mark.slow  # 140 s of the default suite's 10 minutes
 def test_a_short_cpu_run_learns_to_classify_in_context(tmp_path):
     """At M = infinity the last-position accuracy on new tasks reaches 0.5 + 0.8 (Bayes - 0.5).
     About 100 s on one core; 1500 steps were not enough (the run was still on the ln 2 plateau)."""

@@ -76,7 +76,7 @@ def test_wandb_offline_holds_the_evaluations(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
     config = iclab.load_config("tiny", SHORT)
     run = iclab.train(config, tmp_path / "run", progress=False, log_to="wandb")
-    (offline,) = (run.path / "wandb").glob(f"offline-run-*-{config.run_hash()}")
+    (offline,) = (run.path / "wandb").glob(f"offline-run-*-{config.run_hash()}-*")
     log = next(offline.glob("run-*.wandb")).read_bytes()
     for _, value in recorded(run.path):  # values are stored as JSON text after their key
         assert repr(value).encode() in log

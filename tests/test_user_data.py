@@ -203,6 +203,9 @@ def test_outputs_are_never_overwritten(tmp_path, examples, short_regression_run,
     assert cli("predict", short_regression_run, examples / "regression.csv", "--out", out) == 2
     assert "exists" in capsys.readouterr().err and out.read_text() == "mine"
     assert cli("make-example-data", "--out", examples) == 2
+    clash = tmp_path / "clash.json"  # the summary would be the same file
+    assert cli("predict", short_regression_run, examples / "regression.csv", "--out", clash) == 2
+    assert "would overwrite each other" in capsys.readouterr().err and not clash.exists()
 
 
 def test_runs_of_the_wrong_kind_are_refused(tmp_path, examples, short_regression_run, capsys):
@@ -216,6 +219,9 @@ def test_runs_of_the_wrong_kind_are_refused(tmp_path, examples, short_regression
     assert "iclab predict applies regression runs" in capsys.readouterr().err
     assert cli("predict", tmp_path, examples / "regression.csv") == 2
     assert "not an iclab run directory" in capsys.readouterr().err
+    (unitary / "checkpoint.safetensors").unlink()
+    assert cli("forecast", unitary, examples / "series.csv") == 2
+    assert "has no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "f.csv").exists()
 
 

@@ -20,7 +20,6 @@ import torch
 from iclab import config as _config
 from iclab.config import RunConfig
 from iclab.evaluation import flat_means, metric_labels
-from iclab.families import family_of
 from iclab.training import RunDirectory
 
 Overrides = Mapping[str, object] | Sequence[str]
@@ -113,12 +112,14 @@ class Run:
 
     @torch.inference_mode()
     def predict(self, *arguments) -> torch.Tensor:
-        """The model's predictions at every position, called as the family's predictors are
-        (regression: predict(xs, ys) with xs (batch, n_points, n_dims), ys (batch, n_points);
-        arrays are converted to tensors on the model's device)."""
+        """The model's predictions at every position, called as the model is (regression:
+        predict(xs, ys) with xs (batch, n_points, n_dims), ys (batch, n_points); autoregressive:
+        predict(states) with states (batch, T, d)); arrays become float32 (complex64 if complex)
+        tensors on the model's device."""
         device = next(self.model.parameters()).device
-        tensors = [torch.as_tensor(a, dtype=torch.float32, device=device) for a in arguments]
-        return family_of(self.config.task).model_predictor(self.model)(*tensors)
+        tensors = [torch.as_tensor(a, device=device) for a in arguments]
+        tensors = [t.to(torch.complex64 if t.is_complex() else torch.float32) for t in tensors]
+        return self.model(*tensors)
 
     def evaluate(self, n_sequences: int | None = None) -> dict:
         """Evaluate the checkpoint again on n_sequences (default: the run's eval.n_sequences);

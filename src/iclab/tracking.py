@@ -7,9 +7,10 @@ Scalars are named DISTRIBUTION/METRIC_NAME (e.g. "true/delta_PT,Ridge"), plus tr
 the final evaluation's under "final/". TensorBoard writes event files to LOG_DIR/NAME (LOG_DIR is
 `tensorboard/` in the run directory, or in the sweep directory with one NAME per run); wandb runs
 in offline mode unless WANDB_MODE says otherwise (`wandb sync` uploads later), one wandb run per
-iclab run, identified by the run hash and grouped by sweep.
+iclab run, identified by the run hash and its directory and grouped by sweep.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -50,6 +51,13 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+def wandb_id(config: RunConfig, root: Path) -> str:
+    """The run hash and a key of the directory it is tracked from: the same config trained in two
+    places stays two wandb runs."""
+    place = hashlib.blake2b(str(Path(root).resolve()).encode(), digest_size=3).hexdigest()
+    return f"{config.run_hash()}-{place}"
+
+
 class WandbTracker:
     def __init__(self, root: Path, name: str, group: str | None, config: RunConfig):
         import wandb
@@ -58,7 +66,7 @@ class WandbTracker:
         self.run = wandb.init(
             project=WANDB_PROJECT,
             name=name,
-            id=config.run_hash(),
+            id=wandb_id(config, root),
             group=group,
             config=config.to_dict(),
             dir=str(root),

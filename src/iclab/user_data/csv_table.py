@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_BYTES = 64 * 2**20  # a run sees at most n_points rows: larger files are a mistake
+MAX_BYTES = 64 * 2**20  # far more rows than a run's context or window needs
 
 
 class DataError(ValueError):
@@ -45,13 +45,16 @@ def read_table(path: str | Path, what: str) -> Table:
     if size > MAX_BYTES:
         raise DataError(
             f"{what} {str(path)!r} is {size / 2**20:.0f} MiB; at most {MAX_BYTES // 2**20} MiB is "
-            "read (a run sees only its last n_points rows): pass the rows you need"
+            "read: pass the rows you need"
         )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{what} {str(path)!r} is not UTF-8 text") from None
-    lines = list(csv.reader(io.StringIO(text)))
+    try:
+        lines = list(csv.reader(io.StringIO(text)))
+    except csv.Error as error:
+        raise DataError(f"{what} {str(path)!r} is not a readable CSV: {error}") from None
     numbered = [
         (number, cells) for number, cells in enumerate(lines, 1) if any(c.strip() for c in cells)
     ]
@@ -92,7 +95,10 @@ def _number(cell: str, where: str) -> float | None:
 
 
 def refuse_existing(*paths: Path) -> None:
-    """Outputs are never written over: a DataError if any of paths exists."""
+    """Outputs are never written over: a DataError if any of paths exists or two are one."""
+    if len({path.resolve() for path in paths}) < len(paths):
+        names = ", ".join(str(path) for path in paths)
+        raise DataError(f"the outputs {names} would overwrite each other: give --out a .csv name")
     for path in paths:
         if path.exists():
             raise DataError(f"{str(path)!r} exists; choose another --out (nothing was written)")

@@ -7,7 +7,7 @@ scaled by one factor to the root-mean-square state norm the run was trained on a
 scaled back; it is not centred, since the model and the baselines are linear dynamics
 s_{t+1} = W s_t without intercept (centre a series with a mean first). Beside the PT: least
 squares AR(1) fitted on the window's pairs, one step of gradient descent at the run's optimal step
-size (what the trained linear attention should match) and persistence (s_{t+1} = s_t).
+size of the window's last position (what the trained linear attention should match) and persistence (s_{t+1} = s_t).
 """
 
 import csv
@@ -41,7 +41,8 @@ def predictors_of(config, model) -> dict:
     return {
         MODEL_NAME: family_of(config.task).model_predictor(model),
         "LeastSquares": LeastSquares(),
-        "OneStepGD": OneStepGD(optimal_eta(config.task).overall),
+        # The forecasts are the last position's, so the step size is that position's optimum.
+        "OneStepGD": OneStepGD(optimal_eta(config.task).per_position[-1]),
         PERSISTENCE: _persistence,
     }
 
@@ -63,7 +64,7 @@ def window_forecasts(
     rms = windows.square().sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
     scaled = windows / rms * norm
     return {
-        name: (predict(scaled, None)[:, -1].real.float() / norm * rms[:, 0]).float()
+        name: predict(scaled, None)[:, -1].real.float() / norm * rms[:, 0]
         for name, predict in predictors.items()
     }
 
@@ -86,6 +87,8 @@ def _autoregressive_run(run_dir) -> RunDirectory:
     run = RunDirectory(run_dir)
     if not run.has_config():
         raise DataError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
+    if not run.has_checkpoint():
+        raise DataError(f"{str(run.path)!r} has no checkpoint: train the run first")
     config = run.config()
     if config.task.family != "autoregressive":
         raise DataError(

@@ -6,7 +6,7 @@ run saw at most n_points - 1 examples before a query, so a longer context keeps 
 n_points - 1 rows. The features are standardised with the context's mean and standard deviation,
 and the target with the context's mean and standard deviation scaled to the spread the run was
 trained on (sqrt(n_dims prior_std^2 + noise_std^2)); predictions are mapped back to the data's
-units. Beside the PT: Ridge with the run's prior (the Bayes estimator of its training tasks) and
+units. Beside the PT: Ridge with the run's prior (the Bayes estimator of new tasks) and
 least squares (minimum-norm), on the same standardised rows. Each predictor's error on the context
 is estimated by leave-one-out: every context row predicted from the others (standardised with
 their statistics only).
@@ -128,6 +128,8 @@ def _regression_run(run_dir) -> RunDirectory:
     run = RunDirectory(run_dir)
     if not run.has_config():
         raise DataError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
+    if not run.has_checkpoint():
+        raise DataError(f"{str(run.path)!r} has no checkpoint: train the run first")
     family = run.config().task.family
     if family != "regression":
         raise DataError(
@@ -168,7 +170,12 @@ def predict_csv(
             f"{str(table.path)!r} has {len(context)} context rows (rows with the target {target!r} "
             f"filled); at least {MIN_CONTEXT} are needed"
         )
-    kept = context[-(config.task.n_points - 1) :]
+    room = config.task.n_points - 1  # examples the run sees before a query
+    if room < MIN_CONTEXT:
+        raise DataError(
+            f"the run sees {room} examples before a query; at least {MIN_CONTEXT} are needed"
+        )
+    kept = context[-room:]
     out = Path(out) if out is not None else Path(f"{table.path.stem}_predictions.csv")
     summary = out.with_suffix(".json")
     refuse_existing(out, summary)

@@ -6,8 +6,8 @@ residual stream is fitted on half of the sequences and scored by R^2 on the othe
 target of PROBE_TARGETS: the sequence's task vector w; the ridge estimate w_ridge of the prefix
 (the run's prior); the dMMSE estimate w_dMMSE of the prefix (its pool); their difference, the part
 that tells the two apart; and the PT's own prediction. R^2 = 1 - SSE / SST over the target's
-coordinates; it is undefined (None) where the target does not vary: w_ridge at k = 0, and
-w_dMMSE - w_ridge at M = infinity, where the pool's Bayes estimator is ridge.
+coordinates; it is undefined (None) where the target does not vary: the estimates at k = 0, and
+w_dMMSE - w_ridge at M = infinity, where the pool's posterior mean is ridge's (Gaussian prior).
 
 Attention. Per layer and head, the attention weights of the x tokens (queries) over all tokens,
 averaged over sequences, and how much of it falls on earlier y tokens (the labels) against x
@@ -45,7 +45,8 @@ def probe_r2(features: torch.Tensor, targets: torch.Tensor, ridge: float = PROBE
     gram = x_train.T @ x_train
     alpha = ridge * float(gram.diagonal().mean()) + 1e-12
     weights = torch.linalg.solve(
-        gram + alpha * torch.eye(len(gram), dtype=gram.dtype), x_train.T @ (y_train - y_mean)
+        gram + alpha * torch.eye(len(gram), dtype=gram.dtype, device=gram.device),
+        x_train.T @ (y_train - y_mean),
     )
     residual = y_test - y_mean - x_test @ weights
     return float(1 - residual.square().sum() / total)
@@ -95,7 +96,7 @@ def attention_summary(attention: torch.Tensor) -> dict:
     """attention (n_layers, batch, heads, 2K, 2K) -> the mean weights of the x-token queries
     (n_layers, heads, K, 2K) and per layer and head the mean share on y tokens (labels)."""
     mean = attention[:, :, :, ::2].double().mean(1)  # queries at x tokens
-    on_labels = mean[..., 1::2].sum(-1)[..., 1:].mean(-1)  # x_k's share on y_1..y_{k-1}; k >= 1
+    on_labels = mean[..., 1::2].sum(-1)[..., 1:].mean(-1)  # x_k's share on y_0..y_{k-1}; k >= 1
     return {"mean": mean.tolist(), "share_on_labels": on_labels.tolist()}
 
 

@@ -1,7 +1,8 @@
 """iclab: in-context learning of transformers on synthetic tasks.
 
 The public API (iclab.api): load_config, train, open_run, Run, sweep, results_table; the
-baselines and tasks by name (Ridge, LeastSquares, DMMSE, SmoothedDMMSE, LaplaceBayes, make_task).
+baselines and tasks by name (Ridge, LeastSquares, DMMSE, SmoothedDMMSE, LaplaceBayes,
+GradientDescent, OneStepGD; make_task, RegressionTask, ClassificationTask, AutoregressiveTask).
 Names are imported on first use, so that `import iclab` stays cheap for the command line.
 """
 
@@ -21,7 +22,12 @@ _EXPORTS = {
     "DMMSE": "iclab.estimators.pool_posterior",
     "SmoothedDMMSE": "iclab.estimators.pool_posterior",
     "LaplaceBayes": "iclab.estimators.laplace_posterior",
+    "GradientDescent": "iclab.estimators.regression",
+    "OneStepGD": "iclab.estimators.autoregressive",
     "make_task": "iclab.families",
+    "RegressionTask": "iclab.tasks.regression",
+    "ClassificationTask": "iclab.tasks.classification",
+    "AutoregressiveTask": "iclab.tasks.autoregressive",
 }
 __all__ = sorted(_EXPORTS)
 

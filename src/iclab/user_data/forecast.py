@@ -23,6 +23,7 @@ from iclab.files import atomic_write_text, write_json
 from iclab.plots import plt, save_figure
 from iclab.results import format_table
 from iclab.training import RunDirectory
+from iclab.user_data import trained_run
 from iclab.user_data.csv_table import DataError, read_table, refuse_existing
 
 PERSISTENCE = "Persistence"
@@ -84,17 +85,8 @@ class ForecastResult:
 def _autoregressive_run(run_dir) -> RunDirectory:
     from iclab.tasks.autoregressive import is_complex
 
-    run = RunDirectory(run_dir)
-    if not run.has_config():
-        raise DataError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
-    if not run.has_checkpoint():
-        raise DataError(f"{str(run.path)!r} has no checkpoint: train the run first")
+    run = trained_run(run_dir, "autoregressive", "forecast", "predict")
     config = run.config()
-    if config.task.family != "autoregressive":
-        raise DataError(
-            f"{str(run.path)!r} is a {config.task.family!r} run: iclab forecast applies "
-            "autoregressive runs (iclab predict applies regression ones)"
-        )
     if is_complex(config.task):
         raise DataError(
             f"{str(run.path)!r} was trained on complex states (w_family = "

@@ -24,6 +24,7 @@ from iclab.families import MODEL_NAME, family_of
 from iclab.files import atomic_write_text, write_json
 from iclab.results import format_table
 from iclab.training import RunDirectory
+from iclab.user_data import trained_run
 from iclab.user_data.csv_table import DataError, read_table, refuse_existing
 
 MIN_CONTEXT = 3  # leave-one-out standardises with two rows
@@ -124,21 +125,6 @@ class PredictionResult:
     paths: list[Path]
 
 
-def _regression_run(run_dir) -> RunDirectory:
-    run = RunDirectory(run_dir)
-    if not run.has_config():
-        raise DataError(f"{str(run.path)!r} is not an iclab run directory: it has no config.toml")
-    if not run.has_checkpoint():
-        raise DataError(f"{str(run.path)!r} has no checkpoint: train the run first")
-    family = run.config().task.family
-    if family != "regression":
-        raise DataError(
-            f"{str(run.path)!r} is a {family!r} run: iclab predict applies regression runs "
-            "(iclab forecast applies autoregressive ones)"
-        )
-    return run
-
-
 def predict_csv(
     run_dir: str | Path, data: str | Path, out: str | Path | None = None, target: str | None = None
 ) -> PredictionResult:
@@ -147,7 +133,7 @@ def predict_csv(
     in the working directory) and the summary beside it (.json); neither may exist yet."""
     from iclab.experiment import load_trained
 
-    run = _regression_run(run_dir)
+    run = trained_run(run_dir, "regression", "predict", "forecast")
     config = run.config()
     table = read_table(data, "data file")
     target = table.columns[-1] if target is None else target

@@ -111,9 +111,11 @@ def test_iclab_analyze_on_a_regression_run(tmp_path, capsys):
 
     short = {"task.n_tasks": 4, "train.steps": 8, "train.eval_every": 8, "eval.n_sequences": 64}
     run = iclab.train(iclab.load_config("tiny", short), tmp_path / "run", progress=False)
-    assert main(["analyze", str(run.path), "--n-sequences", "64"]) == 0
+    assert main(["analyze", str(run.path), "--n-sequences", "64", "--gd-steps", "3"]) == 0
     assert "closest family" in capsys.readouterr().out
-    result = json.loads((run.path / "analysis.json").read_text())["algorithm_fit"]
+    analysis = json.loads((run.path / "analysis.json").read_text())
+    assert analysis["gd_steps"] == 3
+    result = analysis["algorithm_fit"]
     families = {"Ridge", "GD", "Preconditioned GD", "dMMSE", "Smoothed dMMSE"}
     for distribution in ("true", "pretrain"):
         fits = result[distribution]["fits"]
@@ -121,6 +123,7 @@ def test_iclab_analyze_on_a_regression_run(tmp_path, capsys):
         winner = result[distribution]["winner"]
         assert fits[winner]["delta"] == min(fit["delta"] for fit in fits.values())
         assert len(fits["Ridge"]["best_per_position"]) == run.config.task.n_points
+        assert max(m["parameters"]["steps"] for m in fits["GD"]["best_per_position"]) <= 3
     assert (run.path / "algorithm_fit.png").stat().st_size > 10_000
     assert main(["analyze", str(tmp_path)]) == 2
     (run.path / "checkpoint.safetensors").unlink()

@@ -192,6 +192,8 @@ def test_analyze_command_end_to_end(tmp_path, capsys):
         assert (run_dir / name).stat().st_size > 5_000, name
     assert "eta_fit" in capsys.readouterr().out
     assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert main(["analyze", str(run_dir), "--gd-steps", "4"]) == 2  # a regression-only option
+    assert "--gd-steps is an option of the regression analysis" in capsys.readouterr().err
 
 
 def test_reproduce_pipeline_on_a_miniature_setting(tmp_path):

@@ -64,7 +64,7 @@ def _demo(args) -> int:
 def _analyze(args) -> int:
     from iclab.studies import analyze
 
-    print(analyze(args.run_dir, args.n_sequences))
+    print(analyze(args.run_dir, args.n_sequences, args.gd_steps))
     print(f"analysis.json and figures in {args.run_dir}")
     return 0
 
@@ -309,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run_dir", type=Path)
     analyze.add_argument(
         "--n-sequences", type=_positive_int, default=2048, help="held-out sequences"
+    )
+    analyze.add_argument(
+        "--gd-steps",
+        type=_positive_int,
+        help="regression runs: fit GD with k = 1..K steps (default 16)",
     )
     analyze.set_defaults(handler=_analyze)
 

@@ -35,19 +35,22 @@ def reproduce(
     raise ConfigError(f"study = {study!r} is not allowed: one of {STUDIES}")
 
 
-def analyze(run_dir: str | Path, n_sequences: int = 2048) -> str:
+def analyze(run_dir: str | Path, n_sequences: int = 2048, gd_steps: int | None = None) -> str:
     """What a trained run computes (`iclab analyze`): for an autoregressive run the one-step GD
     fit and weight structure, for a regression run the algorithm fit, probes and attention (on a
     sweep directory: of each regression run, with the curves against M); writes analysis.json
-    and figures there and returns the summary text."""
+    and figures there and returns the summary text. gd_steps (regression only) is the largest k
+    of the GD families, GD_STEPS where None."""
     from iclab.sweeps.store import SWEEP_FILE
     from iclab.training import RunDirectory
 
     run = RunDirectory(run_dir)
+    regression_options = {} if gd_steps is None else {"gd_steps": gd_steps}
     if not run.has_config() and (Path(run_dir) / SWEEP_FILE).exists():
         from iclab.studies.task_diversity.analysis import analyze_sweep, format_sweep_analysis
 
-        return format_sweep_analysis(analyze_sweep(run_dir, n_sequences)["runs"])
+        rows = analyze_sweep(run_dir, n_sequences, **regression_options)["runs"]
+        return format_sweep_analysis(rows)
     if not run.has_config():
         raise ConfigError(
             f"{str(run.path)!r} is neither an iclab run directory (config.toml) nor a sweep "
@@ -56,13 +59,19 @@ def analyze(run_dir: str | Path, n_sequences: int = 2048) -> str:
     if not run.has_checkpoint():
         raise ConfigError(f"{str(run.path)!r} has no checkpoint to analyse: train the run first")
     family = run.config().task.family
+    if regression_options and family != "regression":
+        raise ConfigError(
+            f"--gd-steps is an option of the regression analysis; {str(run.path)!r} is a "
+            f"{family} run: leave the option out"
+        )
     if family == "regression":
         from iclab.studies.task_diversity.analysis import (
             analyze_regression_run,
             format_regression_analysis,
         )
 
-        return format_regression_analysis(analyze_regression_run(run_dir, n_sequences))
+        result = analyze_regression_run(run_dir, n_sequences, **regression_options)
+        return format_regression_analysis(result)
     if family == "autoregressive":
         from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
 

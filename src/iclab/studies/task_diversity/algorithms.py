@@ -3,8 +3,8 @@ closest to the PT's predictions, in the paper's Delta (mean squared difference o
 
 Families and their free parameters (no training: closed forms and searches):
 - Ridge: lambda (Ridge with noise_std^2 / prior_std^2 = lambda);
-- GD: k steps of gradient descent from w = 0 on the prefix's mean squared error, k = 1..GD_STEPS,
-  and the step size;
+- GD: k steps of gradient descent from w = 0 on the prefix's mean squared error, k = 1..gd_steps
+  (GD_STEPS unless `iclab analyze --gd-steps` says otherwise), and the step size;
 - Preconditioned GD: k steps preconditioned by (G / n + lambda I)^-1, with lambda and the step size
   (one step of size 1 is ridge with regulariser n lambda);
 - dMMSE: the posterior mean over the run's pool with the noise level (the temperature) free;
@@ -129,10 +129,10 @@ def fit_ridge(data: Reference) -> AlgorithmFit:
     return _fit("Ridge", data, members)
 
 
-def _gd_members(data: Reference, step_sizes, preconditioner_ridge=None) -> dict:
+def _gd_members(data: Reference, step_sizes, gd_steps: int, preconditioner_ridge=None) -> dict:
     members = {}
     for step_size in step_sizes:
-        iterates = gd_iterates(data.xs, data.ys, step_size, GD_STEPS, preconditioner_ridge)
+        iterates = gd_iterates(data.xs, data.ys, step_size, gd_steps, preconditioner_ridge)
         for steps, predictions in enumerate(iterates, 1):
             key = (("steps", steps), ("step_size", step_size))
             if preconditioner_ridge is not None:
@@ -157,9 +157,9 @@ def _best_per_steps(members: dict, data: Reference) -> dict[int, dict]:
     return {steps: parameters for steps, (_, parameters) in best.items()}
 
 
-def fit_gd(data: Reference) -> AlgorithmFit:
+def fit_gd(data: Reference, gd_steps: int = GD_STEPS) -> AlgorithmFit:
     grid = _log_grid(*RANGES["step_size"])
-    members = _gd_members(data, grid)
+    members = _gd_members(data, grid, gd_steps)
     for steps, best in _best_per_steps(members, data).items():
         step_size = _golden(
             lambda eta, k=steps: _gd_delta(data, k, eta), *_neighbours(grid, best["step_size"])
@@ -173,7 +173,7 @@ def _step_and_ridge(parameters: dict) -> tuple[float, float]:
     return parameters["step_size"], parameters["preconditioner_ridge"]
 
 
-def fit_preconditioned_gd(data: Reference) -> AlgorithmFit:
+def fit_preconditioned_gd(data: Reference, gd_steps: int = GD_STEPS) -> AlgorithmFit:
     """A grid over lambda and the step size, then for the REFINED_STEPS values of k with the
     closest grid members REFINEMENT_ROUNDS alternating refinements of lambda and of the step
     size. (k, step, lambda) are not identifiable from predictions alone: more, smaller steps
@@ -182,7 +182,7 @@ def fit_preconditioned_gd(data: Reference) -> AlgorithmFit:
     step_sizes = _log_grid(0.05, 2.0, n=13)
     members = {}
     for ridge in ridges:
-        members.update(_gd_members(data, step_sizes, ridge))
+        members.update(_gd_members(data, step_sizes, gd_steps, ridge))
     spread = (ridges[1] / ridges[0], step_sizes[1] / step_sizes[0])  # grid spacing ratios
     per_steps = _best_per_steps(members, data)
     ranked = sorted(per_steps, key=lambda k: _gd_delta(data, k, *_step_and_ridge(per_steps[k])))
@@ -216,9 +216,10 @@ def _fit_1d(family: str, name: str, data: Reference, make, low: float, high: flo
     return _fit(family, data, members)
 
 
-def fit_algorithms(model, task, n_sequences: int, seed: int) -> dict:
+def fit_algorithms(model, task, n_sequences: int, seed: int, gd_steps: int = GD_STEPS) -> dict:
     """Per evaluation distribution: every family's AlgorithmFit and the winner (the smallest
-    Delta), on n_sequences evaluation sequences (eval seed `seed`)."""
+    Delta), on n_sequences evaluation sequences (eval seed `seed`); the GD families take
+    k = 1..gd_steps."""
     config = task.config
     family = family_of(config)
     scale = family.metric_scale(config)
@@ -230,7 +231,7 @@ def fit_algorithms(model, task, n_sequences: int, seed: int) -> dict:
         with torch.inference_mode():
             reference = family.model_predictor(model)(xs, ys).float()
         data = Reference(xs, ys, reference, scale)
-        fits = [fit_ridge(data), fit_gd(data), fit_preconditioned_gd(data)]
+        fits = [fit_ridge(data), fit_gd(data, gd_steps), fit_preconditioned_gd(data, gd_steps)]
         if task.pool is not None:
             noise, prior = config.noise_std, config.prior_std
             low, high = RANGES["noise_std"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from iclab.files import atomic_write_text, write_json
 from iclab.plots import plt, save_figure
 from iclab.results import format_table
-from iclab.studies.task_diversity.algorithms import fit_algorithms
+from iclab.studies.task_diversity.algorithms import GD_STEPS, fit_algorithms
 from iclab.studies.task_diversity.figures import log2_positions
 from iclab.studies.task_diversity.probes import plot_attention, plot_probes, probe_study
 from iclab.sweeps.store import SweepError, SweepStore
@@ -23,8 +23,11 @@ SWEEP_FIGURE = "analysis_by_M.png"
 SWITCH_TARGET = "w_dMMSE - w_ridge"  # the probe that tells dMMSE and ridge apart
 
 
-def analyze_regression_run(run_dir: str | Path, n_sequences: int = 2048) -> dict:
-    """The algorithm fit and the probes of the run's checkpoint, n_sequences per distribution."""
+def analyze_regression_run(
+    run_dir: str | Path, n_sequences: int = 2048, gd_steps: int = GD_STEPS
+) -> dict:
+    """The algorithm fit (GD families with k = 1..gd_steps) and the probes of the run's
+    checkpoint, n_sequences per distribution."""
     from iclab.experiment import load_trained
 
     run = RunDirectory(run_dir)
@@ -33,7 +36,8 @@ def analyze_regression_run(run_dir: str | Path, n_sequences: int = 2048) -> dict
     result = {
         "n_tasks": config.task.n_tasks,
         "n_sequences": n_sequences,
-        "algorithm_fit": fit_algorithms(model, task, n_sequences, seed),
+        "gd_steps": gd_steps,
+        "algorithm_fit": fit_algorithms(model, task, n_sequences, seed, gd_steps),
         "probes": probe_study(model, task, n_sequences, seed),
     }
     write_json(run.file(ANALYSIS_FILE), result)
@@ -110,7 +114,9 @@ def plot_algorithm_fit(result: dict, path: Path) -> Path:
     return save_figure(figure, path, pdf=False)
 
 
-def analyze_sweep(out_dir: str | Path, n_sequences: int = 2048, progress: bool = True) -> dict:
+def analyze_sweep(
+    out_dir: str | Path, n_sequences: int = 2048, progress: bool = True, gd_steps: int = GD_STEPS
+) -> dict:
     """analyze_regression_run for every completed regression run of the sweep in out_dir, and
     per M (true distribution): the winning family, each family's Delta, and the last layer's R^2
     of the probe for w_dMMSE - w_ridge."""
@@ -123,7 +129,7 @@ def analyze_sweep(out_dir: str | Path, n_sequences: int = 2048, progress: bool =
         raise SweepError(f"no completed regression runs in {str(out_dir)!r}")
     rows = []
     for run in tqdm(runs, desc="analyze", unit="run", disable=not progress):
-        result = analyze_regression_run(run.path, n_sequences)
+        result = analyze_regression_run(run.path, n_sequences, gd_steps)
         true = result["algorithm_fit"]["true"]
         rows.append(
             {
@@ -135,7 +141,10 @@ def analyze_sweep(out_dir: str | Path, n_sequences: int = 2048, progress: bool =
             }
         )
     rows.sort(key=lambda row: math.inf if row["n_tasks"] is None else row["n_tasks"])
-    write_json(Path(out_dir) / ANALYSIS_FILE, {"n_sequences": n_sequences, "runs": rows})
+    write_json(
+        Path(out_dir) / ANALYSIS_FILE,
+        {"n_sequences": n_sequences, "gd_steps": gd_steps, "runs": rows},
+    )
     atomic_write_text(
         Path(out_dir) / SUMMARY_FILE,
         "# What the models compute, by M\n\n" + format_sweep_analysis(rows) + "\n",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from iclab.seeding import EVAL_STREAM, POOL_STREAM, TRAIN_STREAM, make_generator
+from iclab.seeding import EVAL_STREAM, POOL_STREAM, TRAIN_STREAM, make_generator, normal, uniform
 
 DISTRIBUTIONS = ("true",)
 
@@ -54,7 +54,7 @@ def haar_orthogonal(
     batch_size: int, n_dims: int, generator: torch.Generator, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """(batch, d, d) Haar-random orthogonal matrices: Q of a Gaussian's QR, signed by diag R."""
-    gaussian = torch.randn(batch_size, n_dims, n_dims, generator=generator, device=device)
+    gaussian = normal(generator, (batch_size, n_dims, n_dims), device)
     q, r = torch.linalg.qr(gaussian)
     return q * torch.diagonal(r, dim1=-2, dim2=-1).sign().unsqueeze(-2)
 
@@ -99,7 +99,7 @@ class AutoregressiveTask:
         if c.w_family == "orthogonal":
             return haar_orthogonal(batch_size, c.n_dims, generator, device)
         n_angles = c.n_dims if c.w_family == "unitary" else c.n_dims // 2
-        thetas = torch.rand(batch_size, n_angles, generator=generator, device=device)
+        thetas = uniform(generator, (batch_size, n_angles), device)
         thetas = thetas * (2 * math.pi / c.mu)
         if c.w_family == "unitary":
             return torch.diag_embed(torch.polar(torch.ones_like(thetas), thetas))
@@ -109,8 +109,8 @@ class AutoregressiveTask:
     def _gaussian(self, generator: torch.Generator, *shape: int) -> torch.Tensor:
         """Standard Gaussian of the state type: E|z|^2 = 1 per coordinate, real or complex."""
         if not self.complex:
-            return torch.randn(*shape, generator=generator, device=self.device)
-        parts = torch.randn(*shape, 2, generator=generator, device=self.device) / math.sqrt(2)
+            return normal(generator, shape, self.device)
+        parts = normal(generator, (*shape, 2), self.device) / math.sqrt(2)
         return torch.view_as_complex(parts)
 
     def sample(
@@ -137,8 +137,12 @@ class AutoregressiveTask:
 
     def train_batch(self, seed: int, step: int, batch_size: int) -> tuple[torch.Tensor]:
         """The training batch of `step`: a pure function of (seed, step)."""
-        states, _ = self.sample(make_generator(self.device, seed, TRAIN_STREAM, step), batch_size)
-        return (states,)
+        generator = make_generator(self.device, seed, TRAIN_STREAM, step)
+        return self.train_batch_from(generator, batch_size)
+
+    def train_batch_from(self, source, batch_size: int) -> tuple[torch.Tensor]:
+        """A training batch drawn from a random source (a generator or seeding.CounterDraws)."""
+        return (self.sample(source, batch_size)[0],)
 
     def eval_sample(
         self, distribution: str, seed: int, index: int, batch_size: int

@@ -8,6 +8,7 @@ outputs a logit per x.
 import torch
 import torch.nn.functional as F
 
+from iclab.seeding import uniform
 from iclab.tasks.linear import LinearTask
 
 
@@ -17,10 +18,10 @@ class ClassificationTask(LinearTask):
     xs: (batch, n_points, n_dims), ys: (batch, n_points).
     """
 
-    def labels(self, xs: torch.Tensor, ws: torch.Tensor, generator: torch.Generator):
+    def labels(self, xs: torch.Tensor, ws: torch.Tensor, generator):
         probability = torch.sigmoid(self.config.beta * torch.einsum("bkd,bd->bk", xs, ws))
-        uniform = torch.rand(xs.shape[:2], generator=generator, device=self.device)
-        return torch.where(uniform < probability, 1.0, -1.0)
+        uniforms = uniform(generator, xs.shape[:2], self.device)
+        return torch.where(uniforms < probability, 1.0, -1.0)
 
     @staticmethod
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

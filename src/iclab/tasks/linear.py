@@ -11,21 +11,30 @@ import math
 
 import torch
 
-from iclab.seeding import EVAL_STREAM, POOL_STREAM, TRAIN_STREAM, make_generator
+from iclab.seeding import (
+    EVAL_STREAM,
+    POOL_STREAM,
+    TRAIN_STREAM,
+    RandomSource,
+    integers,
+    make_generator,
+    normal,
+    uniform,
+)
 
 POOL_BLOCK_ROWS = 4096
 DISTRIBUTIONS = ("pretrain", "true")
 
 
 def draw_prior(
-    prior: str, shape: tuple[int, ...], prior_std: float, generator: torch.Generator, device
+    prior: str, shape: tuple[int, ...], prior_std: float, generator: RandomSource, device
 ) -> torch.Tensor:
     """Tasks from the prior: Gaussian, or Laplace as b (E1 - E2) with E1, E2 ~ Exponential(1) and
     b = prior_std / sqrt(2), so that both have variance prior_std^2 per coordinate."""
     if prior == "gaussian":
-        return prior_std * torch.randn(shape, generator=generator, device=device)
-    uniform = torch.rand((2, *shape), generator=generator, device=device)
-    exponential = -torch.log1p(-uniform)  # 1 - U lies in (0, 1], so this is finite
+        return prior_std * normal(generator, shape, device)
+    uniforms = uniform(generator, (2, *shape), device)
+    exponential = -torch.log1p(-uniforms)  # 1 - U lies in (0, 1], so this is finite
     return prior_std / math.sqrt(2.0) * (exponential[0] - exponential[1])
 
 
@@ -82,9 +91,9 @@ class LinearTask:
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution {distribution!r} is not one of {DISTRIBUTIONS}")
         c, device = self.config, self.device
-        xs = torch.randn(batch_size, c.n_points, c.n_dims, generator=generator, device=device)
+        xs = normal(generator, (batch_size, c.n_points, c.n_dims), device)
         if distribution == "pretrain" and self.pool is not None:
-            index = torch.randint(len(self.pool), (batch_size,), generator=generator, device=device)
+            index = integers(generator, len(self.pool), (batch_size,), device)
             ws = self.pool[index]
         else:
             ws = draw_prior(self.prior, (batch_size, c.n_dims), c.prior_std, generator, device)
@@ -95,7 +104,7 @@ class LinearTask:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fresh (xs, labels) for given tasks ws (batch, n_dims), one sequence per row."""
         c = self.config
-        xs = torch.randn(len(ws), c.n_points, c.n_dims, generator=generator, device=self.device)
+        xs = normal(generator, (len(ws), c.n_points, c.n_dims), self.device)
         return xs, self.labels(xs, ws.to(self.device), generator)
 
     def train_batch(
@@ -103,7 +112,13 @@ class LinearTask:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pretraining batch of `step`: a pure function of (seed, step)."""
         generator = make_generator(self.device, seed, TRAIN_STREAM, step)
-        xs, ys, _ = self.sample(generator, batch_size, "pretrain")
+        return self.train_batch_from(generator, batch_size)
+
+    def train_batch_from(
+        self, source: RandomSource, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pretraining batch drawn from a random source (a generator or seeding.CounterDraws)."""
+        xs, ys, _ = self.sample(source, batch_size, "pretrain")
         return xs, ys
 
     def eval_batch(

@@ -7,6 +7,7 @@ iclab.tasks.linear.
 
 import torch
 
+from iclab.seeding import normal
 from iclab.tasks.linear import LinearTask
 
 
@@ -20,8 +21,8 @@ class RegressionTask(LinearTask):
     def prior(self) -> str:
         return self.config.prior
 
-    def labels(self, xs: torch.Tensor, ws: torch.Tensor, generator: torch.Generator):
-        noise = torch.randn(xs.shape[:2], generator=generator, device=self.device)
+    def labels(self, xs: torch.Tensor, ws: torch.Tensor, generator):
+        noise = normal(generator, xs.shape[:2], self.device)
         return torch.einsum("bkd,bd->bk", xs, ws) + self.config.noise_std * noise
 
     @staticmethod

@@ -59,6 +59,26 @@ def test_members_equal_runs_trained_alone(grad_clip, stacked_forward, monkeypatc
     assert _max_relative_difference(members[0].model, members[1].model) > 0.1
 
 
+def test_bf16_members_train_under_autocast_like_runs_alone():
+    """The stacked step autocasts as the single one does: fp32 master weights, bf16 products."""
+
+    def config(n_tasks, seed, dtype):
+        return load_config(
+            "tiny", tiny_overrides(n_tasks=n_tasks, seed=seed, steps=20, dtype=dtype)
+        )
+
+    configs = [config(m, s, '"bfloat16"') for m, s in MEMBERS[:2]]
+    members = train_runs(configs)
+    for (n_tasks, seed), member in zip(MEMBERS, members, strict=False):
+        assert next(member.model.parameters()).dtype == torch.float32
+        alone = train(config(n_tasks, seed, '"bfloat16"'), progress=False).model
+        # bf16 products round to 2^-8 relative: batched and single ones round differently
+        difference = _max_relative_difference(member.model, alone)
+        fp32 = train(config(n_tasks, seed, '"float32"'), progress=False).model
+        assert difference < 2e-2
+        assert _max_relative_difference(member.model, fp32) > 3 * difference  # autocast ran
+
+
 def test_ensemble_resumes_like_an_uninterrupted_ensemble(tmp_path):
     configs = _configs(checkpoint_every=20, eval_every=20)
     dirs = [tmp_path / f"stopped{i}" for i in range(3)]
@@ -83,7 +103,8 @@ def test_ensemble_key_groups_only_compatible_runs():
     assert ensemble_key(base) != ensemble_key(wider)
     assert ensemble_key(base) != ensemble_key(bigger_batch)
     assert ensemble_key(dropout) is None
-    assert ensemble_key(load_config("tiny", tiny_overrides(dtype='"bfloat16"'))) is None
+    bf16 = load_config("tiny", tiny_overrides(dtype='"bfloat16"'))
+    assert ensemble_key(bf16) is not None and ensemble_key(bf16) != ensemble_key(base)
     with pytest.raises(ValueError, match="differ only in seed and task"):
         train_runs([base, wider])
 

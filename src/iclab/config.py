@@ -45,7 +45,9 @@ class TrainConfig:
     warmup_fraction of the steps, linear decay to 0); `cosine` warms up linearly, then decays to 0.
     Periodic evaluations (eval_sequences each) run every eval_every steps, or, with
     evals_per_doubling = n > 0, at log-spaced steps: round(eval_every * 2^(j / n)) for j = 0, 1, ...
-    (n per doubling of the step, from step eval_every); both always evaluate at the last step."""
+    (n per doubling of the step, from step eval_every); both always evaluate at the last step.
+    `compile`: on CUDA, runs that stack (training/steps.py) take a compiled, graph-captured step
+    that draws its batches on the device (seeding.CounterDraws); elsewhere it has no effect."""
 
     steps: int = 10_000
     batch_size: int = 64
@@ -63,6 +65,7 @@ class TrainConfig:
     eval_sequences: int = 1024
     checkpoint_every: int = 1000
     evals_per_doubling: int = added_field(0)
+    compile: bool = added_field(False)
 
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")

@@ -206,10 +206,12 @@ def _train(
     start = 0
     if runs is not None and resume:
         start = _resume(runs, configs, models, optimizers, losses)
-    if len(configs) == 1:
+    stacks = ensemble_key(configs[0]) is not None
+    compiled = train_config.compile and device.type == "cuda" and stacks
+    if len(configs) == 1 and not compiled:
         stepper = SingleStep(models[0], optimizers[0], tasks[0], configs[0], device)
-    else:
-        stepper = StackedStep(models, optimizers, tasks[0], configs[0])
+    else:  # a compiled step is a stacked one, of one member or more
+        stepper = StackedStep(models, optimizers, tasks, configs, device, compiled)
     end = train_config.steps if stop_after is None else min(stop_after, train_config.steps)
 
     for model in models:
@@ -226,11 +228,7 @@ def _train(
     started = time.perf_counter()
     for step in range(start, end):
         lr = learning_rate(train_config, step)
-        batches = [
-            task.train_batch(config.train.seed, step, train_config.batch_size)
-            for task, config in zip(tasks, configs, strict=True)
-        ]
-        losses.sums += stepper.step(batches, lr).detach()
+        losses.sums += stepper.step(step, lr).detach()
         losses.count += 1
         done = step + 1
         # Read the losses back only every log_every steps: a host-device sync per step is slow

@@ -64,16 +64,25 @@ def build_model(config: RunConfig, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
-def build_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (L2 penalty) or AdamW (decoupled decay); decay only where the model says so."""
+def build_optimizer(model, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam (L2 penalty) or AdamW (decoupled decay); decay only where the model says so.
+    capturable: for a compiled step (training/steps.py), the learning rate is a tensor on the
+    parameters' device and Adam's step counts live there too, so no update reads the host."""
     if hasattr(model, "parameter_groups"):
         groups = model.parameter_groups(config.weight_decay)
     else:
         groups = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    if capturable:  # torch.compile fuses the foreach update into a few kernels
+        device = groups[0]["params"][0].device
+        lr = torch.tensor(config.lr, device=device)
+        return optimizer_class(groups, lr=lr, foreach=True, capturable=True)
+    device_type = next(iter(model.parameters())).device.type
+    if device_type == "cuda":  # one fused kernel for the whole update
+        return optimizer_class(groups, lr=config.lr, fused=True)
     # foreach: one multi-tensor call per operation instead of a Python loop over the parameters;
     # on the CPU it gives bit-identical results to the loop (fused=True would not) and saves ~5%
-    # of a small-preset step (benchmarks/train_step.py). On CUDA it is already the default.
+    # of a small-preset step (benchmarks/train_step.py).
     return optimizer_class(groups, lr=config.lr, foreach=True)
 
 

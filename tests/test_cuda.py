@@ -53,3 +53,49 @@ def test_ensemble_runs_on_the_device():
     xs, ys = torch.randn(16, 8, 4, device="cuda"), torch.randn(16, 8, device="cuda")
     with torch.no_grad():
         torch.testing.assert_close(members[1].model(xs, ys), alone(xs, ys), rtol=1e-4, atol=1e-5)
+
+
+def test_counter_draws_are_the_same_on_the_device_as_on_the_cpu():
+    from iclab.seeding import CounterDraws
+
+    on_cpu = CounterDraws(99, torch.tensor(5))
+    on_gpu = CounterDraws(99, torch.tensor(5, device="cuda"))
+    assert torch.equal(on_cpu.bits(1000), on_gpu.bits(1000).cpu())  # integer arithmetic: exact
+    torch.testing.assert_close(on_gpu.normal((1000,)).cpu(), on_cpu.normal((1000,)))
+
+
+def test_the_captured_step_equals_the_eager_one_on_the_device():
+    from test_ensemble import _key_bias_slice
+
+    from iclab.training.optimization import build_optimizer, learning_rate
+    from iclab.training.steps import StackedStep
+
+    device = torch.device("cuda")
+    configs = [
+        load_config("tiny", tiny_overrides(device='"cuda"', n_tasks=m, seed=s, steps=30))
+        for m, s in ((4, 0), ('"inf"', 1))
+    ]
+
+    def stepper(compiled):
+        models = [build_model(config, device) for config in configs]
+        optimizers = [build_optimizer(model, configs[0].train) for model in models]
+        tasks = [make_task(config.task, device) for config in configs]
+        return StackedStep(models, optimizers, tasks, configs, device, compiled, True)
+
+    eager, captured = stepper(False), stepper(True)
+    for step in range(30):  # CUDA graphs replay from the third call on
+        lr = learning_rate(configs[0].train, step)
+        torch.testing.assert_close(captured.step(step, lr), eager.step(step, lr).detach())
+    for name, parameter in eager.stacked.items():
+        expected = _key_bias_slice(name, parameter)
+        got = _key_bias_slice(name, captured.stacked[name])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_compiled_bf16_run_learns_on_the_device():
+    overrides = tiny_overrides(device='"cuda"', n_tasks=1, steps=200, dtype='"bfloat16"')
+    config = load_config("tiny", [*overrides, "train.compile=true"])
+    result = train(config, progress=False)
+    evaluation = evaluate_model(result.model, result.task, 512, seed=0, batch_size=256)
+    mse = evaluation["distributions"]["pretrain"]["mse_mean"]
+    assert mse["PT"] < 0.5 * mse["Ridge"]

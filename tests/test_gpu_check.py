@@ -1,0 +1,56 @@
+"""The device check's plumbing (benchmarks/gpu_check.sh): its CPU smoke run writes every part,
+and a part that fails or overruns its time guard is reported while the next part still runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.gpu_check import PARTS, SMOKE_GUARD_SECONDS, run_parts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_cpu_smoke_run_writes_every_part(tmp_path):
+    out = tmp_path / "check"
+    command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", str(out)]
+    environment = {**os.environ, "PYTHON": sys.executable}
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert list(report["parts"]) == list(PARTS)
+    assert all(part["status"] == "ok" for part in report["parts"].values())
+    rows = report["parts"]["train_step"]["result"]["rows"]
+    assert {(row["mode"], row["members"]) for row in rows} >= {("single", 1), ("eager", 2)}
+    assert all(row["ms_per_step"] > 0 and row["model_tflops"] > 0 for row in rows)
+    assert report["parts"]["dmmse"]["result"]["seconds"] > 0
+    deltas = report["parts"]["training"]["result"]["delta_at_end"]
+    assert set(deltas) == {"4096", "inf"} and all(deltas[m] for m in deltas)
+    projected = report["parts"]["projection"]["result"]
+    assert projected["small"]["runs"] == 44 and projected["small"]["ensembles"] == 2
+    assert [t["target"] for t in report["targets"]] == [
+        "ensemble_speedup", "small_sweep_gpu_hours", "base_sweep_gpu_hours", "dmmse_seconds"
+    ]  # fmt: skip
+    assert all(t["value"] is not None and t["pass"] is None for t in report["targets"])
+    log = (out / "gpu_check.log").read_text()
+    assert all(f"-- {name}: ok" in log for name in PARTS)
+    before = (out / "gpu_check.json").read_bytes()
+    again = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert (out / "gpu_check.json").read_bytes() == before  # nothing overwritten
+
+
+def test_a_failing_or_overrunning_part_is_reported_and_the_next_part_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    lines = []
+    guards = {**SMOKE_GUARD_SECONDS, "cuda_tests": 0.5}  # too short to even start python
+    # projection reads the train_step and dmmse results, which are not there: it fails
+    report = run_parts(["cuda_tests", "projection", "dmmse"], tmp_path, True, guards, lines.append)
+    parts = report["parts"]
+    assert parts["cuda_tests"]["status"] == "failed"
+    assert "time guard" in parts["cuda_tests"]["error"]
+    assert parts["projection"]["status"] == "failed"
+    assert "train_step.json" in parts["projection"]["error"]
+    assert parts["dmmse"]["status"] == "ok"
+    assert any("-- projection: failed" in line for line in lines)

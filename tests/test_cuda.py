@@ -85,7 +85,7 @@ def test_the_captured_step_equals_the_eager_one_on_the_device():
     eager, captured = stepper(False), stepper(True)
     for step in range(30):  # CUDA graphs replay from the third call on
         lr = learning_rate(configs[0].train, step)
-        torch.testing.assert_close(captured.step(step, lr), eager.step(step, lr).detach())
+        torch.testing.assert_close(captured.step(step, lr).detach(), eager.step(step, lr).detach())
     for name, parameter in eager.stacked.items():
         expected = _key_bias_slice(name, parameter)
         got = _key_bias_slice(name, captured.stacked[name])

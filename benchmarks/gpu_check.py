@@ -262,7 +262,7 @@ def training(smoke: bool, out: Path) -> dict:
     from iclab.training import train_runs
 
     device = _device(smoke)
-    preset, steps, dtype = ("tiny", 300, "float32") if smoke else ("small", 20_000, "bfloat16")
+    preset, steps, dtype = ("tiny", 100, "float32") if smoke else ("small", 20_000, "bfloat16")
     overrides = [
         f"train.steps={steps}",
         f'train.dtype="{dtype}"',

@@ -64,7 +64,7 @@ def _demo(args) -> int:
 def _analyze(args) -> int:
     from iclab.studies import analyze
 
-    print(analyze(args.run_dir, args.n_sequences, args.gd_steps))
+    print(analyze(args.run_dir, args.n_sequences, args.gd_steps, args.llc, args.llc_steps))
     print(f"analysis.json and figures in {args.run_dir}")
     return 0
 
@@ -313,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--gd-steps",
         type=_positive_int,
-        help="regression runs: fit GD with k = 1..K steps (default 16)",
+        help="the algorithm fit: GD with k = 1..K steps (default 16)",
+    )
+    analyze.add_argument(
+        "--llc",
+        action="store_true",
+        help="also the local learning coefficient at each kept checkpoint (train.keep_checkpoints)",
+    )
+    analyze.add_argument(
+        "--llc-steps", type=_positive_int, default=200, help="SGLD steps per chain (default 200)"
     )
     analyze.set_defaults(handler=_analyze)
 

@@ -47,7 +47,9 @@ class TrainConfig:
     evals_per_doubling = n > 0, at log-spaced steps: round(eval_every * 2^(j / n)) for j = 0, 1, ...
     (n per doubling of the step, from step eval_every); both always evaluate at the last step.
     `compile`: on CUDA, runs that stack (training/steps.py) take a compiled, graph-captured step
-    that draws its batches on the device (seeding.CounterDraws); elsewhere it has no effect."""
+    that draws its batches on the device (seeding.CounterDraws); elsewhere it has no effect.
+    `keep_checkpoints`: keep a copy of the checkpoint at every periodic evaluation (log-spaced with
+    evals_per_doubling), for analyses over training (`iclab analyze RUN --llc`)."""
 
     steps: int = 10_000
     batch_size: int = 64
@@ -66,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     evals_per_doubling: int = added_field(0)
     compile: bool = added_field(False)
+    keep_checkpoints: bool = added_field(False)
 
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")

@@ -35,18 +35,28 @@ def reproduce(
     raise ConfigError(f"study = {study!r} is not allowed: one of {STUDIES}")
 
 
-def analyze(run_dir: str | Path, n_sequences: int = 2048, gd_steps: int | None = None) -> str:
+def analyze(
+    run_dir: str | Path,
+    n_sequences: int = 2048,
+    gd_steps: int | None = None,
+    llc: bool = False,
+    llc_steps: int = 200,
+) -> str:
     """What a trained run computes (`iclab analyze`): for an autoregressive run the one-step GD
     fit and weight structure, for a regression run the algorithm fit, probes and attention (on a
     sweep directory: of each regression run, with the curves against M); writes analysis.json
     and figures there and returns the summary text. gd_steps (regression only) is the largest k
-    of the GD families, GD_STEPS where None."""
+    of the GD families, GD_STEPS where None. llc (a run directory): also the local learning
+    coefficient at each checkpoint the run kept (iclab.llc, llc_steps SGLD steps per chain;
+    llc.json and llc.png)."""
     from iclab.sweeps.store import SWEEP_FILE
     from iclab.training import RunDirectory
 
     run = RunDirectory(run_dir)
     regression_options = {} if gd_steps is None else {"gd_steps": gd_steps}
     if not run.has_config() and (Path(run_dir) / SWEEP_FILE).exists():
+        if llc:
+            raise ConfigError(f"--llc reads one run directory; {str(run_dir)!r} is a sweep")
         from iclab.studies.task_diversity.analysis import analyze_sweep, format_sweep_analysis
 
         rows = analyze_sweep(run_dir, n_sequences, **regression_options)["runs"]
@@ -64,6 +74,19 @@ def analyze(run_dir: str | Path, n_sequences: int = 2048, gd_steps: int | None =
             f"--gd-steps is an option of the regression analysis; {str(run.path)!r} is a "
             f"{family} run: leave the option out"
         )
+    if family not in ("regression", "autoregressive"):
+        raise ConfigError(
+            f"task.family = {family!r} in {str(run.path)!r} has no analysis: "
+            "iclab analyze reads regression and autoregressive runs"
+        )
+    llc_summary = ""
+    if llc:  # first: a run that kept no checkpoints fails before the longer analysis
+        from iclab.llc import SGLDSettings, format_llc, llc_over_training
+
+        settings = SGLDSettings(n_steps=llc_steps, burn_in=llc_steps // 4)
+        llc_summary = "\n\nLocal learning coefficient over training (SGLD)\n" + format_llc(
+            llc_over_training(run_dir, settings)
+        )
     if family == "regression":
         from iclab.studies.task_diversity.analysis import (
             analyze_regression_run,
@@ -71,12 +94,7 @@ def analyze(run_dir: str | Path, n_sequences: int = 2048, gd_steps: int | None =
         )
 
         result = analyze_regression_run(run_dir, n_sequences, **regression_options)
-        return format_regression_analysis(result)
-    if family == "autoregressive":
-        from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
+        return format_regression_analysis(result) + llc_summary
+    from iclab.studies.autoregressive.analysis import analyze_run, format_analysis
 
-        return format_analysis(analyze_run(run_dir, n_sequences))
-    raise ConfigError(
-        f"task.family = {family!r} in {str(run.path)!r} has no analysis: "
-        "iclab analyze reads regression and autoregressive runs"
-    )
+    return format_analysis(analyze_run(run_dir, n_sequences)) + llc_summary

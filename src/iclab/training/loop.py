@@ -264,6 +264,11 @@ def _train(
                 record = record_evaluation(run, model, task, config, done, loss)
                 if on_evaluation is not None:
                     on_evaluation(index, record)
+            if train_config.keep_checkpoints:
+                for run, model, optimizer, config in zip(
+                    runs, models, optimizers, configs, strict=True
+                ):
+                    run.save_kept_checkpoint(model, optimizer, done, config.run_hash())
         if checkpoint_now:
             if not stepper.all_finite():
                 raise TrainingDiverged(f"weights became NaN/inf before step {done}; {_kept(runs)}")

@@ -3,6 +3,7 @@
     config.toml               the resolved config (its hash names the run)
     metrics.jsonl             one JSON object per periodic evaluation
     checkpoint.safetensors    model and optimizer state and the step count
+    checkpoint-step-N.safetensors   kept copies at the evaluation steps (train.keep_checkpoints)
     eval.json                 the final evaluation; written last, it marks the run complete
     failed.json               a sweep's record of a failed attempt (removed when a retry succeeds)
     *.png, analysis.json      figures and analyses beside them
@@ -36,6 +37,8 @@ from iclab.files import (
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+KEPT_CHECKPOINT_PREFIX = "checkpoint-step-"
+KEPT_CHECKPOINT_FORMAT = KEPT_CHECKPOINT_PREFIX + "{step:08d}.safetensors"
 EVAL_FILE = "eval.json"
 REEVALUATION_FILE = "reevaluation.json"
 FAILED_FILE = "failed.json"
@@ -161,6 +164,21 @@ class RunDirectory:
         """Write the checkpoint, tied to the run of run_hash (default: this run's config)."""
         run_hash = self.config().run_hash() if run_hash is None else run_hash
         save_checkpoint(self.path / CHECKPOINT_FILE, model, optimizer, step, run_hash, train_losses)
+
+    def save_kept_checkpoint(self, model, optimizer, step: int, run_hash: str) -> None:
+        """Keep a copy of the state after `step` steps (train.keep_checkpoints): a later run of
+        the same steps (a resume) writes the same file again."""
+        path = self.path / KEPT_CHECKPOINT_FORMAT.format(step=step)
+        save_checkpoint(path, model, optimizer, step, run_hash)
+
+    def kept_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, path) of every kept checkpoint, by step."""
+        kept = []
+        for path in self.path.glob(KEPT_CHECKPOINT_FORMAT.replace("{step:08d}", "*")):
+            stem = path.name.removeprefix(KEPT_CHECKPOINT_PREFIX).removesuffix(".safetensors")
+            if stem.isdigit():
+                kept.append((int(stem), path))
+        return sorted(kept)
 
     def load_checkpoint(
         self, model: torch.nn.Module, optimizer=None, run_hash: str | None = None

@@ -45,7 +45,7 @@ class SGLDSettings:
     gamma: float = 100.0
     step_size: float = 1e-4
     n_steps: int = 200
-    burn_in: int = 50
+    burn_in: int = 100
     n_chains: int = 4
     batch_size: int = 256
 
@@ -115,9 +115,13 @@ def _set(parameters: dict, values: dict) -> None:
         parameter.copy_(values[name])
 
 
-def llc_over_training(run_dir: str | Path, settings: SGLDSettings | None = None) -> dict:
+def llc_over_training(
+    run_dir: str | Path, settings: SGLDSettings | None = None, progress: bool = True
+) -> dict:
     """estimate_llc at every kept checkpoint of a run (on its pretraining distribution, at the
     run's batch size); writes llc.json and llc.png in the run directory."""
+    from tqdm.auto import tqdm
+
     from iclab.checkpoints import restore_checkpoint
     from iclab.families import make_task
     from iclab.training import RunDirectory, build_model
@@ -137,7 +141,7 @@ def llc_over_training(run_dir: str | Path, settings: SGLDSettings | None = None)
     task = make_task(config.task, device)
     model = build_model(config, device)
     rows = []
-    for step, path in kept:
+    for step, path in tqdm(kept, desc="LLC", unit="checkpoint", disable=not progress):
         restore_checkpoint(path, model, None, config.run_hash())
         model.train()  # as in training (dropout, if any, as the loss saw it)
         llc, error, trace = estimate_llc(

@@ -83,7 +83,7 @@ def analyze(
     if llc:  # first: a run that kept no checkpoints fails before the longer analysis
         from iclab.llc import SGLDSettings, format_llc, llc_over_training
 
-        settings = SGLDSettings(n_steps=llc_steps, burn_in=llc_steps // 4)
+        settings = SGLDSettings(n_steps=llc_steps, burn_in=llc_steps // 2)
         llc_summary = "\n\nLocal learning coefficient over training (SGLD)\n" + format_llc(
             llc_over_training(run_dir, settings)
         )

@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -229,6 +230,7 @@ def test_worker_threads_give_the_single_thread_result(index, monkeypatch):
 
     def recording(self, *args):
         threads.add(threading.get_ident())
+        time.sleep(0.005)  # so that the first worker is still busy when the second share comes
         return add(self, *args)
 
     monkeypatch.setattr(pool_streaming.RunningMean, "add", recording)

@@ -115,13 +115,13 @@ def test_run_hashes_match_the_pre_redesign_code(make, expected):
 
 
 def test_current_code_writes_the_old_config_text_plus_the_added_fields():
-    # task.prior (the Laplace prior), model.init_std, train.evals_per_doubling and train.compile,
-    # added since
+    # task.prior (the Laplace prior), model.init_std, train.evals_per_doubling, train.compile and
+    # train.keep_checkpoints, added since
     expected = OLD_CONFIG_TOML.replace("pool_seed = 0\n", 'pool_seed = 0\nprior = "gaussian"\n', 1)
     expected = expected.replace("dropout = 0.0\n", "dropout = 0.0\ninit_std = 0.02\n", 1)
     expected = expected.replace(
         "checkpoint_every = 20\n",
-        "checkpoint_every = 20\nevals_per_doubling = 0\ncompile = false\n",
+        "checkpoint_every = 20\nevals_per_doubling = 0\ncompile = false\nkeep_checkpoints = false\n",
         1,
     )
     assert config_to_toml(load_config("tiny", [*OLD_TINY, *OLD_OVERRIDES])) == expected

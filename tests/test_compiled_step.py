@@ -19,8 +19,9 @@ STEPS = 12
 MEMBERS = [(4, 0), ('"inf"', 1)]  # (n_tasks, seed)
 
 
-def _stepper(configs, compiled: bool) -> StackedStep:
-    device = torch.device("cpu")
+def _stepper(configs, compiled: bool, device: str = "cpu") -> StackedStep:
+    """A stacked step of fresh members that draws counter-based batches (eager or compiled)."""
+    device = torch.device(device)
     models = [build_model(config, device) for config in configs]
     optimizers = [build_optimizer(model, configs[0].train) for model in models]
     tasks = [make_task(config.task, device) for config in configs]

@@ -65,24 +65,16 @@ def test_counter_draws_are_the_same_on_the_device_as_on_the_cpu():
 
 
 def test_the_captured_step_equals_the_eager_one_on_the_device():
+    from test_compiled_step import _stepper
     from test_ensemble import _key_bias_slice
 
-    from iclab.training.optimization import build_optimizer, learning_rate
-    from iclab.training.steps import StackedStep
+    from iclab.training.optimization import learning_rate
 
-    device = torch.device("cuda")
     configs = [
         load_config("tiny", tiny_overrides(device='"cuda"', n_tasks=m, seed=s, steps=30))
         for m, s in ((4, 0), ('"inf"', 1))
     ]
-
-    def stepper(compiled):
-        models = [build_model(config, device) for config in configs]
-        optimizers = [build_optimizer(model, configs[0].train) for model in models]
-        tasks = [make_task(config.task, device) for config in configs]
-        return StackedStep(models, optimizers, tasks, configs, device, compiled, True)
-
-    eager, captured = stepper(False), stepper(True)
+    eager, captured = _stepper(configs, False, "cuda"), _stepper(configs, True, "cuda")
     for step in range(30):  # CUDA graphs replay from the third call on
         lr = learning_rate(configs[0].train, step)
         torch.testing.assert_close(captured.step(step, lr).detach(), eager.step(step, lr).detach())

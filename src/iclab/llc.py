@@ -22,6 +22,7 @@ developmental signal: drops and plateaus of the LLC over training mark changes o
 
 import dataclasses
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch.func import functional_call
 from iclab.files import write_json
 from iclab.plots import plt, save_figure
 from iclab.seeding import make_generator
+from iclab.training import TrainingDiverged
 
 LLC_STREAM = 9  # the SGLD chains' batches and noise
 LLC_FILE, LLC_FIGURE = "llc.json", "llc.png"
@@ -95,18 +97,18 @@ def estimate_llc(model: torch.nn.Module, loss, draw_batch, settings: SGLDSetting
             differences = torch.stack(differences).tolist()
             kept = differences[settings.burn_in :]
             if not all(math.isfinite(d) for d in kept):
-                raise FloatingPointError(
-                    "SGLD diverged (a non-finite loss): lower the step size or raise gamma"
+                raise TrainingDiverged(
+                    "the LLC's SGLD chain diverged (a non-finite loss): lower the step size or "
+                    "raise gamma"
                 )
             chain_means.append(sum(kept) / len(kept))
             traces.append(differences)
     finally:
         _set(named, anchor)
     estimates = [n_beta * mean for mean in chain_means]
-    llc = sum(estimates) / len(estimates)
-    spread = sum((e - llc) ** 2 for e in estimates) / max(1, len(estimates) - 1)
-    trace = [sum(step) / len(step) for step in zip(*traces, strict=True)]
-    return llc, math.sqrt(spread / len(estimates)), trace
+    error = statistics.stdev(estimates) / math.sqrt(len(estimates)) if len(estimates) > 1 else 0.0
+    trace = [statistics.fmean(step) for step in zip(*traces, strict=True)]
+    return statistics.fmean(estimates), error, trace
 
 
 @torch.no_grad()

@@ -93,3 +93,78 @@ def test_a_missing_tracker_package_is_a_config_error_before_any_work(monkeypatch
     with pytest.raises(ConfigError, match="wandb"):
         iclab.train(iclab.load_config("tiny", SHORT), tmp_path / "run", log_to="wandb")
     assert not (tmp_path / "run").exists()
+
+
+class RecordingTracker:
+    """A backend that records what it is told, in place of TensorBoard."""
+
+    events: list[tuple] = []
+
+    def __init__(self, root, name, group, config):
+        self.name = name
+
+    def log(self, step, values):
+        self.events.append(("log", self.name, step))
+
+    def finish(self, step, final, figures):
+        self.events.append(("finish", self.name))
+
+    def abort(self):
+        self.events.append(("abort", self.name))
+
+
+def poison_losses(monkeypatch, calls_from: int, calls_to: int) -> None:
+    """The regression loss becomes NaN at its calls calls_from..calls_to - 1 (counted from 0)."""
+    from iclab.tasks.regression import RegressionTask
+
+    loss = RegressionTask.loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        value = loss(*args, **kwargs)
+        calls["n"] += 1
+        return value * float("nan") if calls_from <= calls["n"] - 1 < calls_to else value
+
+    monkeypatch.setattr(RegressionTask, "loss", staticmethod(poisoned))
+
+
+def test_a_failed_run_closes_its_tracker(tmp_path, monkeypatch):
+    from iclab import tracking
+    from iclab.training import TrainingDiverged
+
+    monkeypatch.setitem(tracking.TRACKERS, "tensorboard", RecordingTracker)
+    monkeypatch.setattr(RecordingTracker, "events", [])
+    poison_losses(monkeypatch, 5, 10**9)  # after the evaluation at step 4
+    config = iclab.load_config("tiny", SHORT)
+    with pytest.raises(TrainingDiverged):
+        iclab.train(config, tmp_path / "run", progress=False, log_to="tensorboard")
+    name = config.run_hash()
+    assert RecordingTracker.events == [("log", name, 4), ("abort", name)]
+
+
+def test_a_sweep_closes_the_tracker_of_its_failed_run_and_finishes_the_others(
+    tmp_path, monkeypatch
+):
+    from iclab import tracking
+    from iclab.sweeps.executors import LocalExecutor
+    from iclab.sweeps.runner import run_sweep
+    from iclab.sweeps.spec import load_spec
+
+    monkeypatch.setitem(tracking.TRACKERS, "tensorboard", RecordingTracker)
+    monkeypatch.setattr(RecordingTracker, "events", [])
+    spec = tmp_path / "spec.toml"
+    fixed = "\n".join(f"{key.split('.')[1]} = {value}" for key, value in SHORT.items())
+    spec.write_text(f'base = "tiny"\n[set]\n{fixed}\n[grid]\nn_tasks = [4, "inf"]\n')
+    first, second = (run.run_hash for run in load_spec(spec).runs())
+    poison_losses(monkeypatch, 5, 8)  # the first run's steps 6-8, after its evaluation at step 4
+    outcome = run_sweep(
+        load_spec(spec), tmp_path / "sweep", LocalExecutor(), progress=False, log_to="tensorboard"
+    )
+    assert list(outcome.failed) == [first] and outcome.completed == [second]
+    assert RecordingTracker.events == [
+        ("log", first, 4),
+        ("abort", first),
+        ("log", second, 4),
+        ("log", second, 8),
+        ("finish", second),
+    ]

@@ -34,16 +34,20 @@ def run(
     def on_evaluation(_index: int, record: dict) -> None:
         tracker.log(record)
 
-    result = train(
-        config,
-        run_dir,
-        resume=resume,
-        progress=progress,
-        on_evaluation=None if tracker is None else on_evaluation,
-    )
-    evaluation = finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
-    if tracker is not None:
-        tracker.finish(RunDirectory(run_dir))
+    try:
+        result = train(
+            config,
+            run_dir,
+            resume=resume,
+            progress=progress,
+            on_evaluation=None if tracker is None else on_evaluation,
+        )
+        evaluation = finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+        if tracker is not None:
+            tracker.finish(RunDirectory(run_dir))
+    finally:
+        if tracker is not None:
+            tracker.abort()  # a no-op once finished
     return evaluation
 
 

@@ -50,6 +50,9 @@ class TensorBoardTracker:
             self.writer.add_image(figure.stem, image, step, dataformats="HWC")
         self.writer.close()
 
+    def abort(self) -> None:
+        self.writer.close()
+
 
 def wandb_id(config: RunConfig, root: Path) -> str:
     """The run hash and a key of the directory it is tracked from: the same config trained in two
@@ -84,6 +87,9 @@ class WandbTracker:
         self.run.summary.update(final)
         self.run.finish()
 
+    def abort(self) -> None:
+        self.run.finish(exit_code=1)
+
 
 TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
 
@@ -91,12 +97,14 @@ TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker}
 class RunTracker:
     """The tracker of one run, named by its hash, under root (the run or sweep directory):
     `log(record)` per periodic evaluation, `finish(run)` once its eval.json and figures are
-    written. The backend starts at the first call, once the run directory exists."""
+    written, or `abort()` when the run failed or was interrupted (a no-op once finished). The
+    backend starts at the first call, once the run directory exists."""
 
     def __init__(self, backend: str, root: str | Path, config: RunConfig, group: str | None = None):
         check_backend(backend)
         self.backend, self.root, self.config, self.group = backend, Path(root), config, group
         self._tracker = None
+        self._closed = False
 
     def _started(self):
         if self._tracker is None:
@@ -112,6 +120,13 @@ class RunTracker:
         figures = sorted(run.path.glob("*.png"))
         final = flat_means(run.evaluation(), separator="/")
         self._started().finish(self.config.train.steps, final, figures)
+        self._closed = True
+
+    def abort(self) -> None:
+        """Closes a started backend of a run that did not finish (wandb marks it failed)."""
+        if self._tracker is not None and not self._closed:
+            self._tracker.abort()
+        self._closed = True
 
 
 def check_backend(backend: str | None) -> None:

@@ -95,6 +95,18 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
     if log_to is not None:
         group = Path(out_dir).resolve().name
         trackers = {run.run_hash: RunTracker(log_to, out_dir, run.config, group) for run in todo}
+    try:
+        _drive(todo, store, executor, ensemble, trackers, outcome, progress)
+    finally:
+        for tracker in trackers.values():
+            tracker.abort()  # a no-op once finished: closes the failed and interrupted runs'
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _drive(todo, store, executor, ensemble: bool, trackers: dict, outcome, progress: bool) -> None:
+    """Runs todo with a progress bar, recording each outcome in store and outcome and feeding
+    the runs' trackers, until every run is settled or a round settles none."""
     steps = {run.run_hash: _steps_done(store.run(run.run_hash)) for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
@@ -129,6 +141,8 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
                         steps[run_hash] = total[run_hash]
                     else:
                         store.run(run_hash).write_failure(result.error)
+                        if run_hash in trackers:
+                            trackers[run_hash].abort()
                         outcome.failed[run_hash] = result.error
                     settled.add(run_hash)
                 bar.update(sum(steps.values()) - bar.n)
@@ -136,8 +150,6 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
             if not settled:
                 break  # no progress: leave the rest pending rather than retry forever
             todo = [run for run in todo if run.run_hash not in settled]
-    outcome.seconds = time.perf_counter() - started
-    return outcome
 
 
 def run_sweep(

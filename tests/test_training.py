@@ -41,6 +41,25 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert RunDirectory(tmp_path / "split").metrics() == RunDirectory(tmp_path / "whole").metrics()
 
 
+def test_an_evaluation_between_logs_records_the_mean_loss_since_the_last_log(tmp_path):
+    # Evaluations at steps 6 and 12 with logs every 8 steps: step 6 comes before the first log
+    # and step 12 between two. Each records the mean of the per-step losses (log_every = 1)
+    # since the log before; the step-16 record, at a log step, the mean of steps 9-16.
+    overrides = dict(steps=16, eval_every=6, checkpoint_every=16)
+    per_step = []
+    train(
+        make_config(log_every=1, **overrides),
+        progress=False,
+        on_log=lambda _done, loss: per_step.append(loss),
+    )
+    train(make_config(log_every=8, **overrides), tmp_path / "run", progress=False)
+    records = {r["step"]: r["train_loss"] for r in RunDirectory(tmp_path / "run").metrics()}
+    expected = {6: per_step[:6], 12: per_step[8:12], 16: per_step[8:16]}
+    assert records.keys() == expected.keys()
+    for step, losses in expected.items():
+        assert records[step] == pytest.approx(sum(losses) / len(losses), rel=1e-5), step
+
+
 def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path):
     config = make_config(steps=20)
     train(config, tmp_path / "run", progress=False)

@@ -64,7 +64,8 @@ def record_evaluation(
     run: RunDirectory, model, task, config: RunConfig, done: int, loss: float
 ) -> dict:
     """Append the periodic evaluation after `done` steps (train.eval_sequences) to metrics.jsonl;
-    returns the record."""
+    returns the record. loss, its train_loss, is the mean training loss of the steps since the
+    log before (_Losses.recent)."""
     evaluation = evaluate_as_configured(model, task, config, config.train.eval_sequences)
     lr = learning_rate(config.train, done - 1)
     record = {"step": done, "train_loss": loss, "lr": lr, "eval": evaluation}
@@ -75,11 +76,16 @@ def record_evaluation(
 @dataclass
 class _Losses:
     """The loss accumulator: per-member sums and their count since the last log, and the losses
-    logged last (what evaluation records carry as train_loss)."""
+    logged last."""
 
     sums: torch.Tensor
     count: int
     last: list[float]
+
+    def recent(self) -> list[float]:
+        """Per member, the mean loss of the steps since the last log, or the losses logged last
+        when there are none (the evaluation falls on a log step)."""
+        return [total / self.count for total in self.sums.tolist()] if self.count else self.last
 
     def member_state(self, index: int) -> dict:
         """What member `index`'s checkpoint holds (exact: JSON round-trips floats)."""
@@ -236,16 +242,12 @@ def _train(
         # them, as an uninterrupted run would: the checkpoint carries them on.
         log_now = done % train_config.log_every == 0 or done == train_config.steps
         if log_now or done == end:
-            reported = [total / losses.count for total in losses.sums.tolist()]
+            reported = losses.recent()
             if log_now:
                 losses.last = reported
                 losses.sums.zero_()
                 losses.count = 0
-            if not all(math.isfinite(loss) for loss in reported):
-                raise TrainingDiverged(
-                    f"training loss became {reported if len(configs) > 1 else reported[0]} "
-                    f"by step {done} (lr {train_config.lr}); {_kept(runs)}"
-                )
+            _check_finite(reported, done, train_config.lr, runs)
             mean_loss = sum(reported) / len(reported)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
             if on_log is not None:
@@ -258,8 +260,10 @@ def _train(
         if evaluate_now or checkpoint_now:
             stepper.sync(lr)
         if evaluate_now:
+            recent = losses.recent()
+            _check_finite(recent, done, train_config.lr, runs)
             for index, (run, model, task, config, loss) in enumerate(
-                zip(runs, models, tasks, configs, losses.last, strict=True)
+                zip(runs, models, tasks, configs, recent, strict=True)
             ):
                 record = record_evaluation(run, model, task, config, done, loss)
                 if on_evaluation is not None:
@@ -286,6 +290,14 @@ def _train(
         TrainResult(model, task, loss, steps_per_second)
         for model, task, loss in zip(models, tasks, reported, strict=True)
     ]
+
+
+def _check_finite(losses: list[float], done: int, lr: float, runs) -> None:
+    if not all(math.isfinite(loss) for loss in losses):
+        raise TrainingDiverged(
+            f"training loss became {losses if len(losses) > 1 else losses[0]} "
+            f"by step {done} (lr {lr}); {_kept(runs)}"
+        )
 
 
 def train(

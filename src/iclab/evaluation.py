@@ -30,14 +30,24 @@ def metric_labels(evaluation: dict) -> dict[str, str]:
     return evaluation.get("metric_labels", LEGACY_METRIC_LABELS)
 
 
-def flat_means(evaluation: dict, separator: str = ".") -> dict[str, float]:
-    """Every metric averaged over positions, keyed DISTRIBUTION + separator + METRIC_NAME (for
-    example "true.delta_PT,Ridge"): what tables and trackers show of an evaluation."""
+def metric_means(evaluation: dict, distribution: str) -> dict[str, float]:
+    """Every metric of one distribution averaged over positions, keyed METRIC_NAME (for example
+    "delta_PT,Ridge")."""
+    result = evaluation["distributions"][distribution]
     return {
-        f"{distribution}{separator}{metric}_{name}": value
-        for distribution, result in evaluation["distributions"].items()
+        f"{metric}_{name}": value
         for metric in metric_labels(evaluation)
         for name, value in result[f"{metric}_mean"].items()
+    }
+
+
+def flat_means(evaluation: dict, separator: str = ".") -> dict[str, float]:
+    """metric_means of every distribution, keyed DISTRIBUTION + separator + METRIC_NAME (for
+    example "true.delta_PT,Ridge"): what trackers and DataFrames show of an evaluation."""
+    return {
+        f"{distribution}{separator}{key}": value
+        for distribution in evaluation["distributions"]
+        for key, value in metric_means(evaluation, distribution).items()
     }
 
 

@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from iclab.evaluation import metric_labels
+from iclab.evaluation import metric_means
 from iclab.families import family_of
 from iclab.files import atomic_write_text
 from iclab.sweeps.store import SweepError, SweepStore
@@ -36,12 +36,10 @@ def results_rows(out_dir: str | Path) -> list[dict]:
         }
         settings.update({k: v for k, v in grid_values.items() if k not in settings})
         evaluation = run.evaluation()
-        for distribution, result in evaluation["distributions"].items():
-            row = {**settings, "distribution": distribution}
-            for metric in metric_labels(evaluation):
-                means = result[f"{metric}_mean"]
-                row.update({f"{metric}_{name}": value for name, value in means.items()})
-            rows.append(row)
+        for distribution in evaluation["distributions"]:
+            rows.append(
+                {**settings, "distribution": distribution, **metric_means(evaluation, distribution)}
+            )
     return rows
 
 

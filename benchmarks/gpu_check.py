@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,11 +42,11 @@ import torch
 from benchmarks.train_step import _sync
 
 PARTS = ("cuda_tests", "train_step", "dmmse", "training", "projection")
-GUARD_SECONDS = {
-    "cuda_tests": 50,
-    "train_step": 110,
-    "dmmse": 20,
-    "training": 100,
+GUARD_SECONDS = {  # 290 s in all; compiles (cold, tens of seconds each) dominate the first two
+    "cuda_tests": 75,
+    "train_step": 100,
+    "dmmse": 15,
+    "training": 90,
     "projection": 10,
 }
 SMOKE_GUARD_SECONDS = {
@@ -99,16 +100,40 @@ SMOKE_OVERRIDES = ("model.n_layers=1", "model.n_embd=16")
 
 # -- the parts ----------------------------------------------------------------------------------
 def cuda_tests(smoke: bool, out: Path) -> dict:
-    command = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider"]
-    completed = subprocess.run(
-        [*command, "tests/test_cuda.py"], capture_output=True, text=True, check=False
-    )
-    lines = (completed.stdout + completed.stderr).strip().splitlines()
-    print("\n".join(lines[-15:]))
+    command = [sys.executable, "-m", "pytest", "-o", "addopts=", "-v", "-p", "no:cacheprovider"]
+    # pytest stops a little before the part's guard, so that its own report still comes back
+    timeout = (SMOKE_GUARD_SECONDS if smoke else GUARD_SECONDS)["cuda_tests"] - 5
+    returncode, output = run_guarded([*command, "tests/test_cuda.py"], timeout)
+    lines = output.strip().splitlines()
+    print("\n".join(lines[-25:]))
     summary = lines[-1] if lines else ""
-    if completed.returncode not in (0, 5):  # 5: nothing collected
-        raise RuntimeError(f"pytest exit status {completed.returncode}: {summary}")
+    if returncode is None:
+        raise RuntimeError(f"pytest stopped after {timeout} s; last line: {summary}")
+    if returncode not in (0, 5):  # 5: nothing collected
+        raise RuntimeError(f"pytest exit status {returncode}: {summary}")
     return {"summary": summary, "cuda": torch.cuda.is_available()}
+
+
+def run_guarded(command: list[str], timeout: float) -> tuple[int | None, str]:
+    """(exit status, stdout and stderr) of command in a session of its own; after timeout
+    seconds its whole process group is killed (exit status None): compile workers and other
+    grandchildren included, so nothing keeps the device busy afterwards."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        returncode = process.returncode
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever the command left running
+        except ProcessLookupError:
+            pass
+    if returncode is None:
+        output, _ = process.communicate()
+    return returncode, output
 
 
 def _device(smoke: bool) -> torch.device:
@@ -181,8 +206,6 @@ def time_steps(configs, device: torch.device, mode: str, warmup: int, steps: int
 
 
 def train_step(smoke: bool, out: Path) -> dict:
-    from benchmarks.train_step import train_step_flops
-
     device = _device(smoke)
     guard = (SMOKE_GUARD_SECONDS if smoke else GUARD_SECONDS)["train_step"]
     size, seconds = (256, 0.2) if smoke else (8192, 1.0)
@@ -190,41 +213,57 @@ def train_step(smoke: bool, out: Path) -> dict:
         name: matmul_flops(dtype, device, size, seconds)
         for name, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32))
     }
-    warmup, steps = (2, 5) if smoke else (20, 200)
-    rows, skipped, started = [], [], time.perf_counter()
-    for preset, dtype, mode, members, batch_size in SMOKE_ROWS if smoke else FULL_ROWS:
-        case = f"{preset}/{dtype}/{mode}/N={members}/batch={batch_size}"
-        spent = time.perf_counter() - started
-        longest = max((row["warmup_seconds"] + row["timed_seconds"] for row in rows), default=0)
-        if spent + longest > 0.8 * guard:  # the part's own guard would cut the next row off
-            skipped.append(case)
-            continue
-        configs = row_configs(preset, dtype, members, batch_size, smoke, warmup + steps)
-        timing = time_steps(configs, device, mode, warmup, steps)
-        flops = members * train_step_flops(configs[0]) / timing["seconds_per_step"]
-        row = {
-            "case": case,
-            "preset": preset,
-            "dtype": dtype,
-            "mode": mode
-            if mode == "single"
-            else ("compiled" if device.type == "cuda" else "eager"),
-            "members": members,
-            "batch_size": batch_size,
-            "ms_per_step": round(1e3 * timing["seconds_per_step"], 3),
-            "member_steps_per_s": round(members / timing["seconds_per_step"], 1),
-            "model_tflops": round(flops / 1e12, 4),
-            "fraction_of_matmul": round(flops / peak[dtype], 5),
-            "warmup_seconds": round(timing["warmup_seconds"], 2),
-            "timed_seconds": round(timing["seconds_per_step"] * steps, 2),
-        }
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return {
+    result = {
         "matmul_tflops": {k: round(v / 1e12, 3) for k, v in peak.items()},
         "matmul_size": size,
-        "rows": rows,
-        "skipped_by_time_guard": skipped,
+        "rows": [],
+        "failed_rows": [],
+        "skipped_by_time_guard": [],
+    }
+    started, longest = time.perf_counter(), 0.0
+    for row in SMOKE_ROWS if smoke else FULL_ROWS:
+        case = "{}/{}/{}/N={}/batch={}".format(*row)
+        if time.perf_counter() - started + longest > 0.8 * guard:  # the guard would cut it off
+            result["skipped_by_time_guard"].append(case)
+            continue
+        row_started = time.perf_counter()
+        try:  # a row that fails (out of memory, a compile error) is reported; the others run
+            measured = measure_row(*row, smoke, device, peak)
+            print(json.dumps(measured), flush=True)
+            result["rows"].append(measured)
+        except Exception as error:
+            traceback.print_exc()
+            result["failed_rows"].append(
+                {"case": case, "error": f"{type(error).__name__}: {error}"}
+            )
+        longest = max(longest, time.perf_counter() - row_started)
+        write_part(out, "train_step", result)  # the rows so far, kept if the guard stops the part
+    if result["failed_rows"]:
+        raise RuntimeError(f"{len(result['failed_rows'])} row(s) failed: {result['failed_rows']}")
+    return result
+
+
+def measure_row(preset, dtype, mode, members, batch_size, smoke, device, peak) -> dict:
+    """One train-step row: warm-up (compile and capture) apart from the timed steps."""
+    from benchmarks.train_step import train_step_flops
+
+    warmup, steps = (2, 5) if smoke else (20, 200)
+    configs = row_configs(preset, dtype, members, batch_size, smoke, warmup + steps)
+    timing = time_steps(configs, device, mode, warmup, steps)
+    flops = members * train_step_flops(configs[0]) / timing["seconds_per_step"]
+    return {
+        "case": f"{preset}/{dtype}/{mode}/N={members}/batch={batch_size}",
+        "preset": preset,
+        "dtype": dtype,
+        "mode": mode if mode == "single" else "compiled" if device.type == "cuda" else "eager",
+        "members": members,
+        "batch_size": batch_size,
+        "ms_per_step": round(1e3 * timing["seconds_per_step"], 3),
+        "member_steps_per_s": round(members / timing["seconds_per_step"], 1),
+        "model_tflops": round(flops / 1e12, 4),
+        "fraction_of_matmul": round(flops / peak[dtype], 5),
+        "warmup_seconds": round(timing["warmup_seconds"], 2),
+        "timed_seconds": round(timing["seconds_per_step"] * steps, 2),
     }
 
 
@@ -352,9 +391,8 @@ PART_FUNCTIONS = {name: globals()[name] for name in PARTS}
 def targets(report: dict) -> list[dict]:
     """Each issue-14 target with its measured value and pass/fail (None where unmeasured)."""
 
-    def result(part):
-        entry = report["parts"].get(part, {})
-        return entry.get("result") if entry.get("status") == "ok" else None
+    def result(part):  # a failed part's partial result (train_step's rows so far) counts
+        return report["parts"].get(part, {}).get("result")
 
     checks = []
     steps = result("train_step")
@@ -392,24 +430,17 @@ def run_parts(parts, out: Path, smoke: bool, guards: dict, log) -> dict:
         log(f"== {name} (guard {guards[name]} s)")
         started = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, str(out)]
-        entry = {"status": "failed"}
-        try:
-            completed = subprocess.run(
-                [*command, *(["--cpu-smoke"] if smoke else [])],
-                capture_output=True, text=True, timeout=guards[name], check=False,
-            )  # fmt: skip
-            output = completed.stdout + completed.stderr
-            part_file = out / f"{name}.json"
-            if completed.returncode == 0 and part_file.exists():
-                entry = {"status": "ok", "result": json.loads(part_file.read_text())["result"]}
-            else:
-                entry["error"] = output.strip().splitlines()[-1:] or [
-                    f"exit {completed.returncode}"
-                ]
-                entry["error"] = entry["error"][0]
-        except subprocess.TimeoutExpired as error:
-            output = (error.stdout or b"").decode() + (error.stderr or b"").decode()
+        returncode, output = run_guarded(
+            [*command, *(["--cpu-smoke"] if smoke else [])], guards[name]
+        )
+        part_file = out / f"{name}.json"
+        entry = {"status": "ok" if returncode == 0 and part_file.exists() else "failed"}
+        if part_file.exists():  # a failed part may have written what it measured so far
+            entry["result"] = json.loads(part_file.read_text())["result"]
+        if returncode is None:
             entry["error"] = f"time guard: stopped after {guards[name]} s"
+        elif entry["status"] == "failed":
+            entry["error"] = (output.strip().splitlines() or [f"exit {returncode}"])[-1]
         entry["seconds"] = round(time.perf_counter() - started, 1)
         log(output.rstrip())
         log(f"-- {name}: {entry['status']} in {entry['seconds']} s"
@@ -425,8 +456,16 @@ def _run_one_part(name: str, out: Path, smoke: bool) -> int:
         traceback.print_exc()
         raise SystemExit(1) from None
     print(json.dumps(result))
-    (out / f"{name}.json").write_text(json.dumps({"result": result}, indent=1))
+    write_part(out, name, result)
     return 0
+
+
+def write_part(out: Path, name: str, result: dict) -> None:
+    """OUTDIR/NAME.json, atomically: a part stopped by its guard leaves the last one whole."""
+    path = out / f"{name}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"result": result}, indent=1))
+    temporary.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,13 +71,17 @@ def test_the_captured_step_equals_the_eager_one_on_the_device():
     from iclab.training.optimization import learning_rate
 
     configs = [
-        load_config("tiny", tiny_overrides(device='"cuda"', n_tasks=m, seed=s, steps=30))
+        load_config(
+            "tiny", tiny_overrides(device='"cuda"', n_tasks=m, seed=s, steps=30, grad_clip=1.0)
+        )
         for m, s in ((4, 0), ('"inf"', 1))
     ]
     eager, captured = _stepper(configs, False, "cuda"), _stepper(configs, True, "cuda")
     for step in range(30):  # CUDA graphs replay from the third call on
         lr = learning_rate(configs[0].train, step)
-        torch.testing.assert_close(captured.step(step, lr).detach(), eager.step(step, lr).detach())
+        # eager: fused Adam; captured: capturable foreach Adam (they round differently)
+        got, expected = captured.step(step, lr).detach(), eager.step(step, lr).detach()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     for name, parameter in eager.stacked.items():
         expected = _key_bias_slice(name, parameter)
         got = _key_bias_slice(name, captured.stacked[name])

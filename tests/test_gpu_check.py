@@ -5,7 +5,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+import torch
 
 from benchmarks.gpu_check import PARTS, SMOKE_GUARD_SECONDS, run_parts
 
@@ -54,3 +58,42 @@ def test_a_failing_or_overrunning_part_is_reported_and_the_next_part_runs(tmp_pa
     assert "train_step.json" in parts["projection"]["error"]
     assert parts["dmmse"]["status"] == "ok"
     assert any("-- projection: failed" in line for line in lines)
+
+
+def test_a_failing_train_step_row_is_reported_and_the_rows_measured_are_kept(tmp_path, monkeypatch):
+    from benchmarks import gpu_check
+
+    measure = gpu_check.measure_row
+
+    def failing_second(preset, dtype, mode, members, *rest):
+        if (mode, members) == ("stacked", 1):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return measure(preset, dtype, mode, members, *rest)
+
+    monkeypatch.setattr(gpu_check, "measure_row", failing_second)
+    with pytest.raises(RuntimeError, match="1 row"):
+        gpu_check.train_step(True, tmp_path)
+    kept = json.loads((tmp_path / "train_step.json").read_text())["result"]
+    assert [row["case"] for row in kept["failed_rows"]] == ["tiny/float32/stacked/N=1/batch=16"]
+    assert "simulated" in kept["failed_rows"][0]["error"]
+    assert len(kept["rows"]) == len(gpu_check.SMOKE_ROWS) - 1  # the rows after it ran too
+
+
+def test_a_guarded_command_is_stopped_with_its_grandchildren():
+    from benchmarks.gpu_check import run_guarded
+
+    spawn = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+        "print(child.pid, flush=True); time.sleep(120)"
+    )
+    returncode, output = run_guarded([sys.executable, "-c", spawn], timeout=5)
+    assert returncode is None
+    grandchild = int(output.split()[0])
+    for _ in range(100):  # it is killed at once; its reaping may take a moment
+        status = Path(f"/proc/{grandchild}/status")
+        if not status.exists() or "zombie" in status.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"process {grandchild} still runs")

@@ -22,6 +22,7 @@ is still a pure function of (seed, n). The optimizer is then `capturable` with i
 a device tensor, and nothing in the step reads a value back to the host.
 """
 
+import functools
 import json
 
 import torch
@@ -151,15 +152,21 @@ class StackedStep:
             self.keys = [derive_seed(seed, TRAIN_STREAM) for seed in self.seeds]
             self.step_tensor = torch.zeros((), dtype=torch.int64, device=device)
         self.draw, self.forward, self.update = self._draw, self._forward, self._update
+        self.cuda_graphs = compiled and device.type == "cuda"
         if compiled:
+            # Every instance recompiles these methods: after Dynamo's recompile limit (8 per code
+            # object) a further stepper in this process would silently run eagerly. One compiled
+            # stepper trains at a time, so the earlier ones' graphs (and CUDA-graph memory) go.
+            torch._dynamo.reset()
             # On CUDA "triton.cudagraphs" is mode="reduce-overhead". The draws' integer hash
             # reuses each intermediate; inlined, its code grows exponentially (a cold compile took
             # minutes on CPU): realizing intermediates beyond 10 operations keeps it to seconds.
-            options = {"triton.cudagraphs": device.type == "cuda"}
+            options = {"triton.cudagraphs": self.cuda_graphs}
             draw_options = {**options, "realize_opcount_threshold": 10}
-            self.draw = torch.compile(self._draw, options=draw_options)
-            self.forward = torch.compile(self._forward, options=options)
-            self.update = torch.compile(self._update, options=options)
+            compile = functools.partial(torch.compile, dynamic=False)  # shapes never change
+            self.draw = compile(self._draw, options=draw_options)
+            self.forward = compile(self._forward, options=options)
+            self.update = compile(self._update, options=options)
 
     def _stack_optimizer_states(self) -> None:
         """Stacked optimizer state from the members' (after a resume; none on a fresh start)."""
@@ -209,6 +216,11 @@ class StackedStep:
         """One step of every member on its own batch of `step`; returns the (n_members,) losses
         (with a compiled step on CUDA, read them before the next step overwrites them)."""
         _set_lr(self.optimizer, lr)
+        if self.cuda_graphs:
+            # One CUDA-graph generation per step: without the mark, each compiled call would
+            # start one and free the outputs of the one before (the batch, the losses, the
+            # gradients) while they are still in use.
+            torch.compiler.cudagraph_mark_step_begin()
         if self.counter_draws:
             self.step_tensor.fill_(step)
             step = self.step_tensor

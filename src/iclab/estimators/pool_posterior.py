@@ -20,6 +20,7 @@ from iclab.estimators.pool_streaming import (
     map_in_workers,
     pool_columns,
     stream_pool_mean,
+    tile_elements,
 )
 from iclab.estimators.regression import (
     _check_chunk_size,
@@ -29,13 +30,16 @@ from iclab.estimators.regression import (
     prefix_stats,
 )
 
-# dMMSE tiles hold the first pairs of whole sequences: 32 sequences x 8 pairs = 256 rows at D = 8.
+# dMMSE tiles hold the first pairs of whole sequences: 32 sequences x 8 pairs = 256 rows at D = 8
+# on the CPU; a GPU takes larger blocks and tiles (pool_streaming.DEVICE_CHUNK_ELEMENTS).
 SEQUENCES_PER_BLOCK = 32
+DEVICE_SEQUENCES_PER_BLOCK = 1024
 # dMMSE blocks have fewer sequences when the pool is larger than 2^20 tasks, so that the energies
 # they keep (one per sequence and task) stay within 2^25 float32 = 128 MiB per worker thread.
 STORED_ENERGIES = 2**25
 # Smoothed dMMSE rows are independent (sequence, position) pairs.
 ROWS_PER_BLOCK = 512
+DEVICE_ROWS_PER_BLOCK = 2**14
 
 # dMMSE drops a task from the later positions once its weight there is provably below
 # 2^-(resolution + PRUNE_EXTRA_LOG2) / M of the best task's, resolution being the float type's
@@ -73,12 +77,13 @@ class DMMSE(_PoolPosterior):
     Position 0 predicts mean(pool).x_0; position k predicts sum_i pi_i (w_i . x_k) with
     pi = softmax_i(-E_k(w_i)), E_k(w) = sum_{j<k} (y_j - w.x_j)^2 / (2 noise_std^2). The residuals
     are summed directly (not expanded via G and b) so the energies stay accurate when the noise is
-    tiny. Blocks of 32 sequences stream the pool in chunks of chunk_size tasks (None: automatic,
-    about CHUNK_ELEMENTS / (32 D) tasks); see _dmmse_block.
+    tiny. Blocks of 32 sequences (1024 on a GPU) stream the pool in chunks of chunk_size tasks
+    (None: automatic, tiles of about CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS on a GPU); see
+    _dmmse_block.
 
-    Exact up to float rounding, with one shortcut for pools of at least PRUNE_MIN_TASKS tasks.
-    Once a = max(D, 2) pairs pin w down, almost
-    every task has negligible weight, so positions 1..a-1 weight every task but positions a..K-1 weight only
+    Exact up to float rounding, with one shortcut on the CPU for pools of at least PRUNE_MIN_TASKS
+    tasks. Once a = max(D, 2) pairs pin w down, almost every task has negligible weight, so
+    positions 1..a-1 weight every task but positions a..K-1 weight only
     the candidates with E_a(w_i) <= U + (mantissa bits + PRUNE_EXTRA_LOG2 + log2 M) ln 2, where
     U = E_{K-1}(w_j) for some task j. As E_k only grows with k and min_i E_k(w_i) <= U for k < K,
     each dropped task weighs less than 2^-(mantissa bits + PRUNE_EXTRA_LOG2) / M of the best one at
@@ -111,16 +116,20 @@ class DMMSE(_PoolPosterior):
         pairs = torch.cat([xs_c[:, :-1], -ys_c[:, :-1, None]], dim=-1) * scale
         # Pools below PRUNE_MIN_TASKS are weighted densely at every position: the candidate search
         # costs ~0.8 ms per sequence in torch calls, more than the later positions of such a pool
-        # (measured here on 1024 sequences: break-even near M = 2^17).
-        pruning = len(pool) >= PRUNE_MIN_TASKS
+        # (measured here on 1024 sequences: break-even near M = 2^17). A GPU weights every task
+        # at every position fast, while the search's per-sequence calls and host syncs would
+        # dominate there: it prunes on the CPU only.
+        on_cpu = pool.device.type == "cpu"
+        pruning = on_cpu and len(pool) >= PRUNE_MIN_TASKS
         n_dense = min(n_points - 1, max(1, n_dims - 1)) if pruning else n_points - 1
         resolution = -math.log2(torch.finfo(pool.dtype).eps)  # mantissa bits
         margin = resolution + PRUNE_EXTRA_LOG2 + math.log2(len(pool))
         task_columns = pool_columns(pool)
         # Candidates are gathered as rows: one cache line each, against D + 1 for columns.
         task_rows = task_columns.T.contiguous()
-        # A block keeps E_a of all its sequences and tasks: at most about STORED_ENERGIES.
-        block_size = max(1, min(SEQUENCES_PER_BLOCK, STORED_ENERGIES // len(pool)))
+        block_size = SEQUENCES_PER_BLOCK if on_cpu else DEVICE_SEQUENCES_PER_BLOCK
+        if pruning:  # a block keeps E_a of all its sequences and tasks: about STORED_ENERGIES
+            block_size = max(1, min(block_size, STORED_ENERGIES // len(pool)))
         n_blocks = -(-batch // block_size)
         blocks = pairs.split(-(-batch // n_blocks))  # even sizes, at most block_size
         store = ThreadBuffers()
@@ -170,7 +179,7 @@ def _dmmse_block(
     n_slabs = n_dense + pruned
     rows = pairs[:, :n_slabs].transpose(0, 1).reshape(n_slabs * n_seq, n_features)
     n_dense_rows = n_dense * n_seq
-    chunk_size = chunk_size or auto_chunk_size(len(rows), n_tasks)
+    chunk_size = chunk_size or auto_chunk_size(len(rows), n_tasks, tile_elements(pairs.device))
     dense = RunningMean(task_columns, n_dense_rows)
     buffer = store.get(task_columns, (len(rows) * min(chunk_size, n_tasks),), "tile")
     # Energies at prefix a, (n_seq, tasks), padded with +inf to whole groups of CANDIDATE_GROUP.
@@ -305,7 +314,8 @@ class SmoothedDMMSE(_PoolPosterior):
         def chunk_side(chunk: Tensor) -> Tensor:
             return torch.cat([chunk, chunk[:, rows] * chunk[:, cols]], dim=1)
 
-        w_bar = stream_pool_mean(pool, features, chunk_side, ROWS_PER_BLOCK, self.chunk_size)
+        block_rows = ROWS_PER_BLOCK if pool.device.type == "cpu" else DEVICE_ROWS_PER_BLOCK
+        w_bar = stream_pool_mean(pool, features, chunk_side, block_rows, self.chunk_size)
         w_bar = w_bar.view(batch, n_points, n_dims)
         preds = (hx * (var_smooth * xty + var_noise * w_bar)).sum(-1)
         return preds.to(xs.dtype)

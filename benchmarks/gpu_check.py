@@ -1,6 +1,6 @@
 """The device check: `benchmarks/gpu_check.sh [--cpu-smoke] OUTDIR` (README, "GPU").
 
-Five parts, each run in its own process under its own time guard (a crash, a hang or an error is
+Five parts, each run in its own process group under its own time guard (a crash, a hang or an error is
 that part's `failed`, with its error, and the check goes on to the next part):
 
 - cuda_tests: the tests that need a GPU (tests/test_cuda.py, pytest without the project's addopts);
@@ -27,6 +27,7 @@ run with PYTHONPATH=src from the repository root (the shell script does).
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -57,6 +58,7 @@ SMOKE_GUARD_SECONDS = {
     "projection": 15,
 }
 REPORT_FILE, LOG_FILE = "gpu_check.json", "gpu_check.log"
+DEADLINE_VARIABLE = "GPU_CHECK_PART_DEADLINE"  # when the part's guard ends (seconds since epoch)
 TARGETS = {  # issue 14
     "ensemble_speedup": 20.0,  # small, bf16, N = 22 against one member alone
     "small_sweep_gpu_hours": 1.0,
@@ -101,36 +103,48 @@ SMOKE_OVERRIDES = ("model.n_layers=1", "model.n_embd=16")
 # -- the parts ----------------------------------------------------------------------------------
 def cuda_tests(smoke: bool, out: Path) -> dict:
     command = [sys.executable, "-m", "pytest", "-o", "addopts=", "-v", "-p", "no:cacheprovider"]
-    # pytest stops a little before the part's guard, so that its own report still comes back
-    timeout = (SMOKE_GUARD_SECONDS if smoke else GUARD_SECONDS)["cuda_tests"] - 5
-    returncode, output = run_guarded([*command, "tests/test_cuda.py"], timeout)
+    # pytest stops 5 s before the part's guard (counted from the part's start, imports included),
+    # so that its own report still comes back; it stays in the part's process group
+    timeout = max(1.0, float(os.environ.get(DEADLINE_VARIABLE, "inf")) - time.time() - 5)
+    returncode, output = run_guarded([*command, "tests/test_cuda.py"], timeout, own_group=False)
     lines = output.strip().splitlines()
     print("\n".join(lines[-25:]))
     summary = lines[-1] if lines else ""
     if returncode is None:
-        raise RuntimeError(f"pytest stopped after {timeout} s; last line: {summary}")
+        raise RuntimeError(f"pytest stopped after {timeout:.0f} s; last line: {summary}")
     if returncode not in (0, 5):  # 5: nothing collected
         raise RuntimeError(f"pytest exit status {returncode}: {summary}")
     return {"summary": summary, "cuda": torch.cuda.is_available()}
 
 
-def run_guarded(command: list[str], timeout: float) -> tuple[int | None, str]:
-    """(exit status, stdout and stderr) of command in a session of its own; after timeout
-    seconds its whole process group is killed (exit status None): compile workers and other
-    grandchildren included, so nothing keeps the device busy afterwards."""
+def run_guarded(
+    command: list[str], timeout: float, own_group: bool = True, env: dict | None = None
+) -> tuple[int | None, str]:
+    """(exit status, stdout and stderr) of command; after timeout seconds it is killed (exit
+    status None). With own_group (a part of the check), the command runs in a process group of
+    its own, which is killed whole when it ends or times out: compile workers and other
+    grandchildren included, so nothing keeps the device busy afterwards. Without (a command a
+    part runs), it stays in the caller's group, so that killing the part's group kills it too."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=own_group,
+        env=env,
     )
     try:
         output, _ = process.communicate(timeout=timeout)
         returncode = process.returncode
     except subprocess.TimeoutExpired:
         returncode = None
+        process.kill()
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever the command left running
-        except ProcessLookupError:
-            pass
+        if own_group:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # whatever the command left running
+            except ProcessLookupError:
+                pass
     if returncode is None:
         output, _ = process.communicate()
     return returncode, output
@@ -221,14 +235,14 @@ def train_step(smoke: bool, out: Path) -> dict:
         "skipped_by_time_guard": [],
     }
     started, longest = time.perf_counter(), 0.0
-    for row in SMOKE_ROWS if smoke else FULL_ROWS:
-        case = "{}/{}/{}/N={}/batch={}".format(*row)
+    for spec in SMOKE_ROWS if smoke else FULL_ROWS:
+        case = "{}/{}/{}/N={}/batch={}".format(*spec)
         if time.perf_counter() - started + longest > 0.8 * guard:  # the guard would cut it off
             result["skipped_by_time_guard"].append(case)
             continue
         row_started = time.perf_counter()
         try:  # a row that fails (out of memory, a compile error) is reported; the others run
-            measured = measure_row(*row, smoke, device, peak)
+            measured = {"case": case, **measure_row(*spec, smoke, device, peak)}
             print(json.dumps(measured), flush=True)
             result["rows"].append(measured)
         except Exception as error:
@@ -236,6 +250,9 @@ def train_step(smoke: bool, out: Path) -> dict:
             result["failed_rows"].append(
                 {"case": case, "error": f"{type(error).__name__}: {error}"}
             )
+            gc.collect()  # what the failed row held (an out-of-memory error's tensors, its graphs)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         longest = max(longest, time.perf_counter() - row_started)
         write_part(out, "train_step", result)  # the rows so far, kept if the guard stops the part
     if result["failed_rows"]:
@@ -252,7 +269,6 @@ def measure_row(preset, dtype, mode, members, batch_size, smoke, device, peak) -
     timing = time_steps(configs, device, mode, warmup, steps)
     flops = members * train_step_flops(configs[0]) / timing["seconds_per_step"]
     return {
-        "case": f"{preset}/{dtype}/{mode}/N={members}/batch={batch_size}",
         "preset": preset,
         "dtype": dtype,
         "mode": mode if mode == "single" else "compiled" if device.type == "cuda" else "eager",
@@ -430,9 +446,9 @@ def run_parts(parts, out: Path, smoke: bool, guards: dict, log) -> dict:
         log(f"== {name} (guard {guards[name]} s)")
         started = time.perf_counter()
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, str(out)]
-        returncode, output = run_guarded(
-            [*command, *(["--cpu-smoke"] if smoke else [])], guards[name]
-        )
+        command += ["--cpu-smoke"] if smoke else []
+        deadline = {DEADLINE_VARIABLE: str(time.time() + guards[name])}
+        returncode, output = run_guarded(command, guards[name], env={**os.environ, **deadline})
         part_file = out / f"{name}.json"
         entry = {"status": "ok" if returncode == 0 and part_file.exists() else "failed"}
         if part_file.exists():  # a failed part may have written what it measured so far

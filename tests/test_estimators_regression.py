@@ -13,7 +13,11 @@ import torch
 
 from iclab.estimators import pool_posterior, pool_streaming
 from iclab.estimators.pool_posterior import DMMSE, SmoothedDMMSE
-from iclab.estimators.pool_streaming import CHUNK_ELEMENTS, auto_chunk_size
+from iclab.estimators.pool_streaming import (
+    CHUNK_ELEMENTS,
+    DEVICE_CHUNK_ELEMENTS,
+    auto_chunk_size,
+)
 from iclab.estimators.regression import LeastSquares, Ridge
 
 B, K, D, M = 5, 6, 3, 7
@@ -269,14 +273,15 @@ def test_dmmse_candidates_prune_later_positions_without_changing_them(from_pool,
 
 def test_auto_chunk_size_shrinks_with_rows():
     rows = 4096 * 15  # paper scale: 4096 sequences, positions 1..15
-    assert (
-        auto_chunk_size(rows, 2**20) * rows
-        <= CHUNK_ELEMENTS
-        < (auto_chunk_size(rows, 2**20) + 1) * rows
-    )
-    assert auto_chunk_size(64 * rows, 2**20) < auto_chunk_size(rows, 2**20)
-    assert auto_chunk_size(10 * CHUNK_ELEMENTS, 2**20) == 1
-    assert auto_chunk_size(1, 10) == 10  # never more than the pool
+
+    def size(n_rows, n_tasks):
+        return auto_chunk_size(n_rows, n_tasks, CHUNK_ELEMENTS)
+
+    assert size(rows, 2**20) * rows <= CHUNK_ELEMENTS < (size(rows, 2**20) + 1) * rows
+    assert size(64 * rows, 2**20) < size(rows, 2**20)
+    assert size(10 * CHUNK_ELEMENTS, 2**20) == 1
+    assert size(1, 10) == 10  # never more than the pool
+    assert auto_chunk_size(rows, 2**20, DEVICE_CHUNK_ELEMENTS) > size(rows, 2**20)  # GPU tiles
 
 
 def test_bad_arguments_name_the_field():

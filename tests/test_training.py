@@ -60,6 +60,18 @@ def test_an_evaluation_between_logs_records_the_mean_loss_since_the_last_log(tmp
         assert records[step] == pytest.approx(sum(losses) / len(losses), rel=1e-5), step
 
 
+def test_a_run_resumed_between_logs_records_the_losses_of_an_uninterrupted_one(tmp_path):
+    # Stopped at step 10, between the logs at 8 and 16: the checkpoint carries the losses of
+    # steps 9-10, which the evaluation at step 12 averages with those of steps 11-12.
+    config = make_config(steps=16, log_every=8, eval_every=6, checkpoint_every=16)
+    train(config, tmp_path / "whole", progress=False)
+    train(config, tmp_path / "split", progress=False, stop_after=10)
+    train(config, tmp_path / "split", resume=True, progress=False)
+    split, whole = RunDirectory(tmp_path / "split"), RunDirectory(tmp_path / "whole")
+    assert [r["step"] for r in whole.metrics()] == [6, 12, 16]
+    assert split.metrics() == whole.metrics()
+
+
 def test_fresh_run_refuses_to_overwrite_an_existing_run(tmp_path):
     config = make_config(steps=20)
     train(config, tmp_path / "run", progress=False)

@@ -12,6 +12,7 @@ iclab run, identified by the run hash and its directory and grouped by sweep.
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 from iclab.config import RunConfig, config_to_toml
@@ -123,9 +124,14 @@ class RunTracker:
         self._closed = True
 
     def abort(self) -> None:
-        """Closes a started backend of a run that did not finish (wandb marks it failed)."""
+        """Closes a started backend of a run that did not finish (wandb marks it failed). A
+        backend that fails to close is warned about, so that the run's own error stays the one
+        raised and the other runs' trackers still close."""
         if self._tracker is not None and not self._closed:
-            self._tracker.abort()
+            try:
+                self._tracker.abort()
+            except Exception as error:
+                warnings.warn(f"could not close the {self.backend} tracker: {error}", stacklevel=2)
         self._closed = True
 
 

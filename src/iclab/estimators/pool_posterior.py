@@ -34,8 +34,9 @@ from iclab.estimators.regression import (
 # on the CPU; a GPU takes larger blocks and tiles (pool_streaming.DEVICE_CHUNK_ELEMENTS).
 SEQUENCES_PER_BLOCK = 32
 DEVICE_SEQUENCES_PER_BLOCK = 1024
-# dMMSE blocks have fewer sequences when the pool is larger than 2^20 tasks, so that the energies
-# they keep (one per sequence and task) stay within 2^25 float32 = 128 MiB per worker thread.
+# Pruning dMMSE blocks (on the CPU) have fewer sequences when the pool is larger than 2^20 tasks, so
+# that the energies they keep (one per sequence and task) stay within 2^25 float32 = 128 MiB per
+# worker thread.
 STORED_ENERGIES = 2**25
 # Smoothed dMMSE rows are independent (sequence, position) pairs.
 ROWS_PER_BLOCK = 512

@@ -32,7 +32,7 @@ def tile_elements(device: torch.device) -> int:
     return CHUNK_ELEMENTS if device.type == "cpu" else DEVICE_CHUNK_ELEMENTS
 
 
-def auto_chunk_size(n_rows: int, n_tasks: int, elements: int = CHUNK_ELEMENTS) -> int:
+def auto_chunk_size(n_rows: int, n_tasks: int, elements: int) -> int:
     """Pool rows per chunk so that n_rows * chunk stays near `elements` (at least 1)."""
     return max(1, min(n_tasks, elements // max(1, n_rows)))
 

@@ -96,7 +96,7 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
         group = Path(out_dir).resolve().name
         trackers = {run.run_hash: RunTracker(log_to, out_dir, run.config, group) for run in todo}
     try:
-        _drive(todo, store, executor, ensemble, trackers, outcome, progress)
+        _run_rounds(todo, store, executor, ensemble, trackers, outcome, progress)
     finally:
         for tracker in trackers.values():
             tracker.abort()  # a no-op once finished: closes the failed and interrupted runs'
@@ -104,8 +104,10 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
     return outcome
 
 
-def _drive(todo, store, executor, ensemble: bool, trackers: dict, outcome, progress: bool) -> None:
-    """Runs todo with a progress bar, recording each outcome in store and outcome and feeding
+def _run_rounds(
+    todo, store, executor, ensemble: bool, trackers: dict, outcome, progress: bool
+) -> None:
+    """Runs todo in rounds of jobs with a progress bar, recording each outcome in store and outcome and feeding
     the runs' trackers, until every run is settled or a round settles none."""
     steps = {run.run_hash: _steps_done(store.run(run.run_hash)) for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}

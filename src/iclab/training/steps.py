@@ -19,7 +19,9 @@ torch.compile'd function (mode "reduce-overhead" on CUDA: CUDA graphs, so a step
 launches instead of hundreds of kernel launches). A captured step cannot seed a host generator,
 so it draws its batches with seeding.CounterDraws from a device tensor holding the step: batch n
 is still a pure function of (seed, n). The optimizer is then `capturable` with its learning rate
-a device tensor, and nothing in the step reads a value back to the host.
+a device tensor, and nothing in the step reads a value back to the host. Building a compiled
+StackedStep resets torch.compile's caches in the process (torch._dynamo.reset): one compiled
+stepper trains at a time, and any other compiled function recompiles on its next call.
 """
 
 import functools
@@ -163,10 +165,10 @@ class StackedStep:
             # minutes on CPU): realizing intermediates beyond 10 operations keeps it to seconds.
             options = {"triton.cudagraphs": self.cuda_graphs}
             draw_options = {**options, "realize_opcount_threshold": 10}
-            compile = functools.partial(torch.compile, dynamic=False)  # shapes never change
-            self.draw = compile(self._draw, options=draw_options)
-            self.forward = compile(self._forward, options=options)
-            self.update = compile(self._update, options=options)
+            compile_static = functools.partial(torch.compile, dynamic=False)  # fixed shapes
+            self.draw = compile_static(self._draw, options=draw_options)
+            self.forward = compile_static(self._forward, options=options)
+            self.update = compile_static(self._update, options=options)
 
     def _stack_optimizer_states(self) -> None:
         """Stacked optimizer state from the members' (after a resume; none on a fresh start)."""

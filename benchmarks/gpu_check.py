@@ -34,8 +34,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -118,13 +120,18 @@ def cuda_tests(smoke: bool, out: Path) -> dict:
 
 
 def run_guarded(
-    command: list[str], timeout: float, own_group: bool = True, env: dict | None = None
+    command: list[str],
+    timeout: float,
+    own_group: bool = True,
+    env: dict | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[int | None, str]:
-    """(exit status, stdout and stderr) of command; after timeout seconds it is killed (exit
-    status None). With own_group (a part of the check), the command runs in a process group of
-    its own, which is killed whole when it ends or times out: compile workers and other
-    grandchildren included, so nothing keeps the device busy afterwards. Without (a command a
-    part runs), it stays in the caller's group, so that killing the part's group kills it too."""
+    """(exit status, stdout and stderr) of command, each line also handed to on_line as it comes;
+    after timeout seconds it is killed (exit status None). With own_group (a part of the check),
+    the command runs in a process group of its own, which is killed whole when it ends or times
+    out: compile workers and other grandchildren included, so nothing keeps the device busy
+    afterwards. Without (a command a part runs), it stays in the caller's group, so that killing
+    the part's group kills it too."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -133,9 +140,18 @@ def run_guarded(
         start_new_session=own_group,
         env=env,
     )
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        output, _ = process.communicate(timeout=timeout)
-        returncode = process.returncode
+        returncode = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         returncode = None
         process.kill()
@@ -145,9 +161,9 @@ def run_guarded(
                 os.killpg(process.pid, signal.SIGKILL)  # whatever the command left running
             except ProcessLookupError:
                 pass
-    if returncode is None:
-        output, _ = process.communicate()
-    return returncode, output
+    process.wait()
+    reader.join(timeout=5)  # a grandchild outside the group may still hold the pipe open
+    return returncode, "".join(lines)
 
 
 def _device(smoke: bool) -> torch.device:
@@ -448,7 +464,8 @@ def run_parts(parts, out: Path, smoke: bool, guards: dict, log) -> dict:
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--part", name, str(out)]
         command += ["--cpu-smoke"] if smoke else []
         deadline = {DEADLINE_VARIABLE: str(time.time() + guards[name])}
-        returncode, output = run_guarded(command, guards[name], env={**os.environ, **deadline})
+        environment = {**os.environ, **deadline, "PYTHONUNBUFFERED": "1"}  # lines as they come
+        returncode, output = run_guarded(command, guards[name], env=environment, on_line=log)
         part_file = out / f"{name}.json"
         entry = {"status": "ok" if returncode == 0 and part_file.exists() else "failed"}
         if part_file.exists():  # a failed part may have written what it measured so far
@@ -458,7 +475,6 @@ def run_parts(parts, out: Path, smoke: bool, guards: dict, log) -> dict:
         elif entry["status"] == "failed":
             entry["error"] = (output.strip().splitlines() or [f"exit {returncode}"])[-1]
         entry["seconds"] = round(time.perf_counter() - started, 1)
-        log(output.rstrip())
         log(f"-- {name}: {entry['status']} in {entry['seconds']} s"
             + (f": {entry['error']}" if "error" in entry else ""))  # fmt: skip
         report["parts"][name] = entry

@@ -105,3 +105,13 @@ def test_a_guarded_command_is_stopped_with_its_grandchildren(tmp_path, monkeypat
         time.sleep(0.05)
     else:
         raise AssertionError(f"process {grandchild} still runs")
+
+
+def test_a_guarded_command_hands_on_its_lines_as_they_come():
+    from benchmarks.gpu_check import run_guarded
+
+    seen = []
+    script = "import time; print('row 1', flush=True); time.sleep(60)"
+    returncode, output = run_guarded([sys.executable, "-c", script], 3, on_line=seen.append)
+    assert returncode is None  # stopped by the guard, yet its line came through
+    assert seen == ["row 1"] and output == "row 1\n"

@@ -5,7 +5,7 @@ that part's `failed`, with its error, and the check goes on to the next part):
 
 - cuda_tests: the tests that need a GPU (tests/test_cuda.py, pytest without the project's addopts);
 - train_step: rows of ms/step, aggregate member-steps/s, model FLOP/s and its fraction of the dense
-  matrix-product rate of the row's dtype measured in the same process (a large square product;
+  matrix-product rate of the row's dtype measured in the same process (the train-step benchmark's reference product at GPU size;
   fp32 with TF32 off), for the small and base presets in bf16 autocast and fp32: one model alone
   (the eager single step) and stacked ensembles of N = 1, 8, 22, 44 (the compiled step on CUDA).
   Rows run in order of importance and stop when the part's time is nearly spent; compile and
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.train_step import _sync
+from benchmarks.train_step import _MatmulReference, _sync
 
 PARTS = ("cuda_tests", "train_step", "dmmse", "training", "projection")
 GUARD_SECONDS = {  # 290 s in all; compiles (cold, tens of seconds each) dominate the first two
@@ -175,20 +175,10 @@ def _device(smoke: bool) -> torch.device:
 
 
 def matmul_flops(dtype: torch.dtype, device: torch.device, size: int, seconds: float) -> float:
-    """Dense (size x size) @ (size x size) FLOP/s in dtype over at least `seconds`."""
+    """Dense (size, size / 4) @ (size / 4, size) FLOP/s in dtype over at least `seconds`: the
+    train-step benchmark's reference product, at a size that fills a GPU."""
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows against true fp32
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b
-    _sync(device)
-    calls, started = 0, time.perf_counter()
-    while True:
-        a @ b
-        calls += 1
-        _sync(device)
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return calls * 2 * size**3 / elapsed
+    return _MatmulReference(size, size // 4, dtype, device)(seconds)
 
 
 def row_configs(preset: str, dtype: str, members: int, batch_size: int, smoke: bool, steps: int):

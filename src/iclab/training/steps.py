@@ -14,7 +14,7 @@ updates, draws the batches of a step and hands back one loss per run:
   that fills a GPU with many small models.
 
 A StackedStep can be compiled (train.compile on CUDA; any device when asked directly): the
-forward with the batch draw, and the clipping with Adam's update, each become one
+batch draw, the forward, and the clipping with Adam's update each become one
 torch.compile'd function (mode "reduce-overhead" on CUDA: CUDA graphs, so a step is a few graph
 launches instead of hundreds of kernel launches). A captured step cannot seed a host generator,
 so it draws its batches with seeding.CounterDraws from a device tensor holding the step: batch n

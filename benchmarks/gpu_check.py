@@ -5,8 +5,8 @@ that part's `failed`, with its error, and the check goes on to the next part):
 
 - cuda_tests: the tests that need a GPU (tests/test_cuda.py, pytest without the project's addopts);
 - train_step: rows of ms/step, aggregate member-steps/s, model FLOP/s and its fraction of the dense
-  matrix-product rate of the row's dtype measured in the same process (the train-step benchmark's reference product at GPU size;
-  fp32 with TF32 off), for the small and base presets in bf16 autocast and fp32: one model alone
+  matrix-product rate of the row's dtype measured in the same process (the train-step
+  benchmark's reference product at GPU size; fp32 with TF32 off), for the small and base presets in bf16 autocast and fp32: one model alone
   (the eager single step) and stacked ensembles of N = 1, 8, 22, 44 (the compiled step on CUDA).
   Rows run in order of importance and stop when the part's time is nearly spent; compile and
   warm-up time is reported apart from the timed steps;

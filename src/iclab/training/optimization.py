@@ -73,7 +73,7 @@ def build_optimizer(model, config: TrainConfig, capturable: bool = False) -> tor
     else:
         groups = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    device = groups[0]["params"][0].device
+    device = next(iter(model.parameters())).device
     if capturable:  # torch.compile fuses the foreach update into a few kernels
         lr = torch.tensor(config.lr, device=device)
         return optimizer_class(groups, lr=lr, foreach=True, capturable=True)

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import tiny_overrides
+from helpers import snapshot, tiny_overrides
 
 from iclab.cli import main
 
@@ -50,21 +50,23 @@ def test_train_then_eval_end_to_end(config_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "named"),
     [
-        ["--set", "n_tasks=0"],
-        ["--set", "n_dims=0"],
-        ["--set", "noise_std=-1"],
-        ["--set", "n_heads=3"],
-        ["--set", "lr=abc"],
-        ["--set", "colour=red"],
+        ("n_tasks=0", "task.n_tasks = 0"),
+        ("n_dims=0", "task.n_dims = 0"),
+        ("noise_std=-1", "task.noise_std = -1"),
+        ("n_heads=3", "n_heads"),
+        ("lr=abc", "lr"),
+        ("colour=red", "colour"),
     ],
 )
-def test_config_errors_exit_2_and_write_nothing(config_file, tmp_path, capsys, bad):
+def test_config_errors_exit_2_and_write_nothing(config_file, tmp_path, capsys, bad, named):
     out = tmp_path / "never"
-    assert main(["train", str(config_file), "--out", str(out), *bad]) == 2
-    assert not out.exists()
-    assert "config error" in capsys.readouterr().err
+    before = snapshot(tmp_path)
+    assert main(["train", str(config_file), "--out", str(out), "--set", bad]) == 2
+    assert snapshot(tmp_path) == before and not out.exists()
+    error = capsys.readouterr().err
+    assert "config error" in error and named in error and error.count("\n") == 1
 
 
 def test_missing_config_file_exits_2(tmp_path, capsys):

@@ -8,7 +8,7 @@ from helpers import tiny_overrides
 from safetensors.torch import load_file
 
 from iclab.config import ConfigError
-from iclab.sweeps.executors import LocalExecutor, RayExecutor
+from iclab.sweeps.executors import LocalExecutor, RayExecutor, unused_gpus_warning
 from iclab.sweeps.runner import run_sweep
 from iclab.sweeps.spec import load_spec
 from iclab.sweeps.store import SweepStore
@@ -18,6 +18,11 @@ def test_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(ConfigError, match=r"pip install 'iclab\[ray\]'"):
         RayExecutor()
+
+
+def test_a_cluster_with_gpus_that_the_runs_do_not_ask_for_is_named():
+    assert "has 4 GPU(s) but --gpus-per-run is 0" in unused_gpus_warning(4.0, 0)
+    assert unused_gpus_warning(4.0, 0.25) is None and unused_gpus_warning(0, 0) is None
 
 
 def test_ray_and_local_executors_give_identical_results(tmp_path):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from iclab import results_table
+from iclab.config import preset_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("iclab")
@@ -35,6 +36,12 @@ def test_every_command_in_the_readme_is_tested_here():
     shown |= set(re.findall(r"`iclab ([a-z-]+)[^`]*`", text))
     assert shown, "no commands found: the pattern no longer matches the README"
     assert shown <= TESTED, f"README commands without an end-to-end test: {shown - TESTED}"
+
+
+def test_the_readme_names_every_preset():
+    text = (ROOT / "README.md").read_text()
+    listed = re.search(r"`CONFIG` is a TOML file or a preset name \((.*?)\)", text, re.S).group(1)
+    assert set(re.findall(r"`([a-z-]+)`", listed)) >= set(preset_names())
 
 
 def test_train_eval_and_the_presets(tmp_path):

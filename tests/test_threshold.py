@@ -8,6 +8,7 @@ from iclab.studies.task_diversity.threshold import (
     bisect,
     find_threshold,
     read_threshold,
+    threshold_settings,
     write_threshold,
 )
 from iclab.sweeps.runner import run_sweep
@@ -69,3 +70,13 @@ def test_bad_threshold_settings_name_the_problem(tmp_path):
         find_threshold(_spec(tmp_path, "batch_sizes = [8, 24]"), tmp_path / "o")
     with pytest.raises(ConfigError, match="threshold.criterion = 'vibes'"):
         find_threshold(_spec(tmp_path, 'criterion = "vibes"'), tmp_path / "o")
+
+
+def test_the_log2_range_comes_from_the_grid_unless_threshold_sets_it(tmp_path):
+    # The grid holds M = 2^0 .. 2^2.
+    assert [threshold_settings(_spec(tmp_path, ""))[k] for k in ("log2_min", "log2_max")] == [0, 2]
+    settings = threshold_settings(_spec(tmp_path, "log2_min = 1\nlog2_max = 5"))
+    assert (settings["log2_min"], settings["log2_max"]) == (1, 5)
+    for bad in ("log2_min = 3\nlog2_max = 2", "log2_min = -1", "log2_max = 2.5", 'log2_min = "a"'):
+        with pytest.raises(ConfigError, match="threshold.log2_min"):
+            threshold_settings(_spec(tmp_path, bad))

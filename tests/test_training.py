@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from iclab.checkpoints import CheckpointError, load_checkpoint
 from iclab.config import apply_overrides, config_from_dict
 from iclab.tasks.regression import RegressionTask
 from iclab.training import TrainingDiverged, build_model, learning_rate, train
+from iclab.training.optimization import autocast, build_optimizer
 from iclab.training.run_directory import CHECKPOINT_FILE, RunDirectory
 
 
@@ -131,3 +133,36 @@ def test_bfloat16_autocast_trains():
     )
     result = train(config, progress=False)
     assert result.final_loss < 0.3 * (config.task.n_dims + config.task.noise_std**2)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bfloat16_on_a_cpu_without_native_bf16_warns(monkeypatch, native_bf16):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    config = make_config(dtype='"bfloat16"').train
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with autocast(config, torch.device("cpu")):
+            pass
+    slow = [w for w in caught if "without native bf16" in str(w.message)]
+    assert len(slow) == (0 if native_bf16 else 1)
+
+
+@pytest.mark.parametrize(
+    "model, options, decayed",
+    [
+        ("gpt", {}, lambda name, p: name.startswith("blocks.") and p.dim() == 2),
+        # Plain tokens add a learned positional encoding, which is not decayed.
+        ("linear_attention", {"tokens": "plain"}, lambda name, p: name.startswith("layers.")),
+    ],
+)
+def test_weight_decay_reaches_only_the_parameters_the_model_names(model, options, decayed):
+    task = {"family": "autoregressive", "n_dims": 2, "n_steps": 4} if model != "gpt" else {}
+    config = config_from_dict(
+        {"task": task, "model": {"family": model, **options}, "train": {"weight_decay": 0.1}}
+    )
+    model = build_model(config, torch.device("cpu"))
+    optimizer = build_optimizer(model, config.train)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    expected = {name for name, p in model.named_parameters() if decayed(name, p)}
+    assert expected and len(expected) < len(list(model.parameters()))
+    assert {name for name, p in model.named_parameters() if decay_of[id(p)] > 0} == expected

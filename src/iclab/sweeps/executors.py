@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -180,6 +181,9 @@ class RayExecutor:
                 )
             else:
                 ray.init(address=self.address, log_to_driver=False)
+        unused = unused_gpus_warning(ray.cluster_resources().get("GPU", 0), self.gpus_per_run)
+        if unused:
+            warnings.warn(unused, RuntimeWarning, stacklevel=2)
         try:
             messages = Queue(actor_options={"num_cpus": 0})
             task = ray.remote(execute).options(
@@ -200,6 +204,17 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def unused_gpus_warning(cluster_gpus: float, gpus_per_run: float) -> str | None:
+    """The warning for a Ray cluster with GPUs whose runs ask for none, else None."""
+    if cluster_gpus > 0 and gpus_per_run == 0:
+        return (
+            f"the Ray cluster has {cluster_gpus:g} GPU(s) but --gpus-per-run is 0: Ray reserves "
+            "no GPU for the runs, so they may train on CPUs; pass --gpus-per-run G (a fraction "
+            "such as 0.25 shares each GPU among runs)"
+        )
+    return None
 
 
 def make_executor(

@@ -119,6 +119,12 @@ def threshold_settings(spec: SweepSpec) -> dict:
     finite = [m for m in spec.grid.get("n_tasks", []) if isinstance(m, int)]
     settings.setdefault("log2_min", min(finite).bit_length() - 1 if finite else 0)
     settings.setdefault("log2_max", max(finite).bit_length() - 1 if finite else 15)
+    low, high = settings["log2_min"], settings["log2_max"]
+    if not all(type(value) is int and value >= 0 for value in (low, high)) or low > high:
+        raise ConfigError(
+            f"threshold.log2_min = {low!r}, log2_max = {high!r} is not allowed: "
+            "integers with 0 <= log2_min <= log2_max"
+        )
     return settings
 
 

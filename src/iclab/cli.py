@@ -274,7 +274,12 @@ def _add_log_to(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iclab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="iclab",
+        description="In-context learning of transformers on synthetic tasks: train, evaluate "
+        "against the Bayes baselines, sweep, analyse. Start with `iclab demo` or `iclab presets`; "
+        "README.md has the rest.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one model and evaluate it")
@@ -350,7 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_executor_options(sweep)
     sweep.set_defaults(handler=_sweep)
 
-    status = commands.add_parser("status", help="completed / failed / pending runs of a sweep")
+    status = commands.add_parser(
+        "status", help="complete / failed / interrupted / pending / corrupt runs of a sweep"
+    )
     status.add_argument("out", type=Path, help="the sweep directory")
     status.set_defaults(handler=_status)
 

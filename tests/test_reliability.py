@@ -40,6 +40,54 @@ def test_values_that_are_not_finite_are_refused_before_any_work(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("config", "override", "named"),
+    [
+        # Finite, but beyond the float32 / int64 the run computes in (lr = 1e39 failed in Adam).
+        ("tiny", "lr=1e39", "train.lr = 1e+39"),
+        ("tiny", "weight_decay=1e300", "train.weight_decay = 1e+300"),
+        ("tiny", "n_sequences=99999999999999999999", "eval.n_sequences = 99999999999999999999"),
+        # Accepted before, then failed at the first evaluation, after the training steps.
+        ("tiny", "noise_std=0", "task.noise_std = 0.0"),
+        ("tiny", "noise_std=1e-5", "task.noise_std = 1e-05"),  # ridge's solve was singular
+        ("tiny", "prior_std=1e4", "task.noise_std"),  # the same lambda, from the other side
+        ("tiny", "prior_std=1e-300", "task.prior_std = 1e-300"),
+        ("classification-tiny", "prior_std=1e-300", "task.prior_std = 1e-300"),
+        ("autoregressive-linear", "n_steps=1", "task.n_steps = 1"),
+        # A family must be a name: a list or table raised TypeError (unhashable).
+        ("tiny", 'model.family=["gpt"]', "model.family = ['gpt']"),
+        ("tiny", "task.family={a=1}", "task.family = {'a': 1}"),
+    ],
+)
+def test_values_the_run_cannot_compute_with_are_refused_before_any_work(
+    tmp_path, capsys, config, override, named
+):
+    before = snapshot(tmp_path)
+    code, text = run_cli(
+        ["train", config, "--set", override, "--out", str(tmp_path / "run")], capsys
+    )
+    assert code == 2 and named in text, text
+    assert text.count("\n") == 1  # one line, no traceback
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("config", "override"),
+    [
+        ("tiny", "noise_std=1e-3"),  # the smallest noise allowed at prior_std = 1: ridge solves
+        ("tiny", "prior_std=1e-6"),
+        ("autoregressive-linear", "n_steps=2"),
+    ],
+)
+def test_values_at_the_edge_of_the_allowed_range_train_and_evaluate(tmp_path, config, override):
+    steps = ["steps=2", "eval_every=2", "checkpoint_every=2", "n_sequences=64"]
+    if config == "tiny":
+        steps += ["eval_sequences=32", "n_tasks=16"]
+    args = ["train", config, "--set", override, "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*args, *(a for s in steps for a in ("--set", s))]) == 0
+    assert (tmp_path / "run" / "eval.json").exists()
+
+
 def test_an_autoregressive_mu_of_inf_is_refused(tmp_path, capsys):
     config = tmp_path / "ar.toml"
     config.write_text(

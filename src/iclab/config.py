@@ -159,6 +159,7 @@ _FIXED_SECTIONS = {"train": TrainConfig, "eval": EvalConfig}
 
 def _section_class(section: str, family: str | None) -> type:
     """The dataclass of a section; for task and model, that of the named (or default) family."""
+    require(family is None or isinstance(family, str), f"{section}.family", family, "a string")
     if section == "task":
         return (default_family() if family is None else family_named(family)).config_class
     if section == "model":

@@ -19,15 +19,25 @@ def require(condition: bool, name: str, value, allowed: str) -> None:
         raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
 
 
+# Config numbers end up in float32 and int64 tensors and torch scalars; larger ones overflow there
+# (lr = 1e39 failed inside Adam).
+LARGEST_FLOAT = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+LARGEST_INTEGER = 2**63 - 1
+
+
 def require_finite(instance, section: str) -> None:
-    """Every float field of a config dataclass is finite (inf and nan are never a setting; an
-    infinite task diversity is n_tasks = None)."""
+    """Every number of a config dataclass is finite and fits the type it is computed in: float
+    fields float32, int fields int64 (inf and nan are never a setting; an infinite task
+    diversity is n_tasks = None)."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
+        name = f"{section}.{f.name} = {value!r} is not allowed"
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(
-                f"{section}.{f.name} = {value!r} is not allowed: expected a finite number"
-            )
+            raise ConfigError(f"{name}: expected a finite number")
+        if isinstance(value, float) and abs(value) > LARGEST_FLOAT:
+            raise ConfigError(f"{name}: expected a finite number that float32 holds (<= 3.4e38)")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > LARGEST_INTEGER:
+            raise ConfigError(f"{name}: expected an integer that int64 holds (< 2^63)")
 
 
 # Run identity. A run's directory is named by a hash of its resolved config. A field added after

@@ -48,7 +48,12 @@ class AutoregressiveTaskConfig:
 
     def __post_init__(self):
         require(self.n_dims >= 1, "task.n_dims", self.n_dims, "an integer >= 1")
-        require(self.n_steps >= 1, "task.n_steps", self.n_steps, "an integer >= 1")
+        require(
+            self.n_steps >= 2,
+            "task.n_steps",
+            self.n_steps,
+            "an integer >= 2 (a transition to learn W from before a prediction)",
+        )
         require(self.w_family in W_FAMILIES, "task.w_family", self.w_family, f"one of {W_FAMILIES}")
         require(self.mu >= 1, "task.mu", self.mu, "a number >= 1")
         require(
@@ -135,17 +140,6 @@ class Autoregressive(Family):
 
     def settings(self, config) -> dict:
         return {"w_family": config.w_family, "n_dims": config.n_dims, "n_steps": config.n_steps}
-
-    def check_model(self, model_config, task_config) -> None:
-        super().check_model(model_config, task_config)
-        if model_config.family == "diagonal_attention":  # it queries with the previous token
-            require(
-                task_config.n_steps >= 2,
-                "task.n_steps",
-                task_config.n_steps,
-                f"model.family = {model_config.family!r} needs n_steps >= 2 (a previous token "
-                "to query with)",
-            )
 
     def memory(self, config, s: dict[str, int], threads: int) -> dict[str, int]:
         """Bytes per part (iclab.training.memory) of the attention models on these sequences

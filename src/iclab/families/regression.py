@@ -56,14 +56,22 @@ class RegressionTaskConfig:
 
     def __post_init__(self):
         check_linear_task(self)
-        require(self.noise_std >= 0, "task.noise_std", self.noise_std, "a number >= 0")
-        require(self.prior in PRIORS, "task.prior", self.prior, f"one of {PRIORS}")
+        # The baselines' float32 solves need ridge's lambda = noise_std^2 / prior_std^2 >= 1e-6:
+        # at 1e-10 (noise_std = 1e-5) the Gram matrix of a prefix shorter than D is singular there.
         require(
-            self.prior != "laplace" or self.noise_std > 0,
+            MIN_NOISE_TO_PRIOR * self.prior_std <= self.noise_std <= MAX_SCALE,
             "task.noise_std",
             self.noise_std,
-            'a number > 0 with task.prior = "laplace" (its Bayes estimator needs noise)',
+            f"a number in [{MIN_NOISE_TO_PRIOR:g} x task.prior_std, {MAX_SCALE:g}] (the float32 "
+            "baselines need noise: ridge's lambda = noise_std^2 / prior_std^2 >= 1e-6)",
         )
+        require(self.prior in PRIORS, "task.prior", self.prior, f"one of {PRIORS}")
+
+
+# Scales (prior_std, noise_std) a float32 run computes with: squares and sums of values up to
+# 1e6 stay far from float32's range at both ends.
+MIN_SCALE, MAX_SCALE = 1e-6, 1e6
+MIN_NOISE_TO_PRIOR = 1e-3
 
 
 def check_linear_task(config) -> None:
@@ -76,7 +84,12 @@ def check_linear_task(config) -> None:
         config.n_tasks,
         'an integer >= 1, or "inf" for a fresh task per sequence',
     )
-    require(config.prior_std > 0, "task.prior_std", config.prior_std, "a number > 0")
+    require(
+        MIN_SCALE <= config.prior_std <= MAX_SCALE,
+        "task.prior_std",
+        config.prior_std,
+        f"a number in [{MIN_SCALE:g}, {MAX_SCALE:g}] (tasks, inputs and targets are float32)",
+    )
     require(config.pool_seed >= 0, "task.pool_seed", config.pool_seed, "an integer >= 0")
 
 

@@ -70,6 +70,14 @@ def test_bad_threshold_settings_name_the_problem(tmp_path):
         find_threshold(_spec(tmp_path, "batch_sizes = [8, 24]"), tmp_path / "o")
     with pytest.raises(ConfigError, match="threshold.criterion = 'vibes'"):
         find_threshold(_spec(tmp_path, 'criterion = "vibes"'), tmp_path / "o")
+    # Wrong types raised TypeError before.
+    with pytest.raises(ConfigError, match="threshold.fraction = 'x'"):
+        find_threshold(_spec(tmp_path, 'criterion = "fraction"\nfraction = "x"'), tmp_path / "o")
+    for criterion in ("batch_doubling", "fraction"):
+        with pytest.raises(ConfigError, match="threshold.batch_sizes = 5"):
+            find_threshold(
+                _spec(tmp_path, f'criterion = "{criterion}"\nbatch_sizes = 5'), tmp_path / "o"
+            )
 
 
 def test_the_log2_range_comes_from_the_grid_unless_threshold_sets_it(tmp_path):

@@ -104,11 +104,19 @@ def threshold_settings(spec: SweepSpec) -> dict:
     if criterion not in CRITERIA:
         raise ConfigError(f"threshold.criterion = {criterion!r} is not allowed: one of {CRITERIA}")
     fraction = settings.setdefault("fraction", DEFAULT_FRACTION)
-    if not 0 < fraction < 1:
+    if type(fraction) not in (int, float) or not 0 < fraction < 1:
         raise ConfigError(f"threshold.fraction = {fraction!r} is not allowed: a number in (0, 1)")
     batch_sizes = settings.setdefault(
         "batch_sizes", spec.grid.get("batch_size", [spec.config({}).train.batch_size])
     )
+    if (
+        not isinstance(batch_sizes, list)
+        or not batch_sizes
+        or not all(type(b) is int and b >= 1 for b in batch_sizes)
+    ):
+        raise ConfigError(
+            f"threshold.batch_sizes = {batch_sizes!r} is not allowed: a list of integers >= 1"
+        )
     if criterion == "batch_doubling" and (
         len(batch_sizes) != 2 or batch_sizes[1] != 2 * batch_sizes[0]
     ):

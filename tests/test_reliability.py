@@ -226,3 +226,18 @@ def test_a_full_disk_gives_one_message_and_keeps_what_was_written(tmp_path, caps
         assert not (out / "checkpoint.safetensors").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_resuming_a_complete_run_rewrites_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    small = ["steps=2", "eval_every=2", "checkpoint_every=2", "n_sequences=64", "eval_sequences=32"]
+    args = ["train", "tiny", "--out", str(run), "--no-progress"]
+    args += [a for s in small for a in ("--set", s)]
+    assert main(args) == 0
+    before = snapshot(tmp_path)
+    code, text = run_cli([*args, "--resume"], capsys)
+    assert code == 0 and "the run is complete: nothing to resume" in text
+    assert snapshot(tmp_path) == before  # eval.json was re-evaluated and replaced before
+    code, text = run_cli([*args, "--resume", "--set", "lr=0.002"], capsys)
+    assert code == 2 and "differs from the requested one" in text
+    assert snapshot(tmp_path) == before

@@ -21,11 +21,13 @@ INTERRUPTED = 130  # the shell convention for SIGINT
 
 
 def _train(args) -> int:
-    from iclab.api import train
+    from iclab.api import Run, train
 
     config = load_config(args.config, args.set)
     out = args.out or Path("runs") / f"{resolve_config_path(args.config).stem}-{config.run_hash()}"
     print(f"run directory: {out}")
+    if args.resume and Run(out).status == "complete":
+        print("the run is complete: nothing to resume, its results are kept")
     run = train(config, out, args.resume, not args.no_progress, args.log_to)
     print(format_evaluation(run.evaluation))
     return 0

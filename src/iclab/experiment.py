@@ -28,7 +28,10 @@ def run(
     log_to: str | None = None,
 ) -> dict:
     """Train `config` into run_dir, then evaluate it (config.eval) and write eval.json; with
-    log_to (iclab.tracking.BACKENDS) mirror its evaluations and figures to that tracker."""
+    log_to (iclab.tracking.BACKENDS) mirror its evaluations and figures to that tracker.
+    Resuming a complete run of the same config returns its evaluation and rewrites nothing."""
+    if resume and RunDirectory(run_dir).status() == "complete":
+        return RunDirectory.create(run_dir, config, resume=True).evaluation()
     tracker = None if log_to is None else RunTracker(log_to, run_dir, config)
 
     def on_evaluation(_index: int, record: dict) -> None:

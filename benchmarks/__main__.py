@@ -2,12 +2,16 @@
 
 Runs the named benchmarks (default: all in BENCHMARKS), prints one table per benchmark (a line per
 measured quantity, a column per case) and writes every row, with the environment, to a JSON file
-(default bench_results.json in the current directory). Exit status 2 for an unknown name.
+(default bench_results.json in the current directory, replaced by each run; a --json file that
+exists is refused). Exit status 2, before anything runs, for an unknown name or a --json path that
+exists or cannot be written.
 """
 
 import argparse
 import importlib
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -47,6 +51,25 @@ def format_table(rows: list[dict]) -> str:
     )
 
 
+def json_problem(path: Path, replace: bool) -> str | None:
+    """Why the rows cannot be written to path (None if they can): it exists (unless `replace`,
+    the default file) or is a directory, or its directory cannot be made or written."""
+    if path.is_dir() or (path.exists() and not replace):
+        return (
+            f"--json {str(path)!r} exists; choose a new path (only the default, {DEFAULT_JSON} "
+            "without --json, is replaced)"
+        )
+    existing = next(parent for parent in path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        return f"--json {str(path)!r} cannot be written: {str(existing)!r} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing):  # as the atomic write will, then removed
+            pass
+    except OSError as error:
+        return f"--json {str(path)!r} cannot be written in {str(existing)!r}: {error.strerror}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -56,9 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's setting)")
     parser.add_argument(
-        "--json", default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON})"
+        "--json",
+        metavar="PATH",
+        help=f"output file, which must not exist yet (default {DEFAULT_JSON}, which is replaced)",
     )
     args = parser.parse_args(argv)
+    problem = json_problem(Path(args.json or DEFAULT_JSON), replace=args.json is None)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    args.json = args.json or DEFAULT_JSON
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         print(

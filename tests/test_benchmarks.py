@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
@@ -56,18 +57,51 @@ def test_cli_rejects_unknown_names_and_formats_tables(capsys):
     assert table == ["case    one  2", "x     1.235  -", "y         -  -"]
 
 
-def test_cli_writes_rows_to_json(tmp_path, monkeypatch):
-    def fake_run(quick):
-        return [{"benchmark": "fake", "case": "c", "quick": quick}]
-
+def fake_benchmark(monkeypatch, run) -> None:
+    """Register a benchmark "fake" whose module's run is `run`."""
     monkeypatch.setitem(cli.BENCHMARKS, "fake", "fake_benchmark_module")
     monkeypatch.setitem(sys.modules, "fake_benchmark_module", type(sys)("fake_benchmark_module"))
-    sys.modules["fake_benchmark_module"].run = fake_run
+    sys.modules["fake_benchmark_module"].run = run
+
+
+def fake_rows(quick):
+    return [{"benchmark": "fake", "case": "c", "quick": quick}]
+
+
+def test_cli_writes_rows_to_json(tmp_path, monkeypatch):
+    fake_benchmark(monkeypatch, fake_rows)
     out = tmp_path / "rows.json"
     assert cli.main(["fake", "--quick", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["rows"] == [{"benchmark": "fake", "case": "c", "quick": True}]
     assert data["quick"] is True and "torch" in data["environment"]
+
+
+def test_a_json_path_that_exists_or_cannot_be_written_is_refused_before_anything_runs(
+    tmp_path, monkeypatch, capsys
+):
+    fake_benchmark(monkeypatch, lambda quick: pytest.fail("the benchmark ran"))
+    kept = tmp_path / "keep.json"
+    kept.write_text("mine")
+    blocker = tmp_path / "a_file"  # a parent that is a file blocks writing, as root too
+    blocker.write_text("")
+    for path, message in ((kept, "exists"), (blocker / "b.json", "is not a directory")):
+        assert cli.main(["fake", "--json", str(path)]) == 2
+        error = capsys.readouterr().err
+        assert f"--json {str(path)!r}" in error and message in error, error
+        assert error.count("\n") == 1
+    assert kept.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a_file",
+        "keep.json",
+    ]
+
+
+def test_the_default_json_is_replaced(tmp_path, monkeypatch):
+    fake_benchmark(monkeypatch, fake_rows)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / cli.DEFAULT_JSON).write_text("an earlier run")
+    assert cli.main(["fake"]) == 0
+    assert json.loads((tmp_path / cli.DEFAULT_JSON).read_text())["rows"] == fake_rows(False)
 
 
 def test_quick_training_length_rows_and_figure(tmp_path):

@@ -83,11 +83,32 @@ def test_interpolation_shows_dmmse_peaking_between_pool_tasks(tmp_path, capsys):
     assert "alpha" in capsys.readouterr().out
 
 
-def test_interpolation_of_a_run_without_a_pool_is_a_clear_user_error(tmp_path, capsys):
-    config = load_config("tiny", tiny_overrides(steps=2, eval_every=2, checkpoint_every=2))
-    run(config, tmp_path / "run", progress=False)
-    assert main(["interpolate", str(tmp_path / "run")]) == 2
-    assert "task.n_tasks = inf" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("preset", "overrides", "message"),
+    [
+        ("tiny", tiny_overrides(steps=2, eval_every=2, checkpoint_every=2), "task.n_tasks = inf"),
+        (
+            "autoregressive-linear",
+            [
+                "steps=2",
+                "eval_every=2",
+                "checkpoint_every=2",
+                "eval_sequences=32",
+                "n_sequences=64",
+            ],
+            "'autoregressive' runs have no task pool",
+        ),
+    ],
+)
+def test_interpolation_of_a_run_without_a_pool_is_a_clear_user_error(
+    tmp_path, capsys, preset, overrides, message
+):
+    run(load_config(preset, overrides), tmp_path / "run", progress=False)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert main(["interpolate", str(tmp_path / "run"), "--pairs", "2"]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before  # nothing written
 
 
 def test_sweep_smoothing_is_computed_once_and_a_corrupt_file_is_named(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 import iclab
 from iclab.cli import main
-from iclab.user_data.csv_table import MAX_BYTES
+from iclab.user_data.csv_table import MAX_BYTES, MAX_MAGNITUDE
 from iclab.user_data.example_data import (
     CONTEXT_ROWS,
     QUERY_ROWS,
@@ -176,6 +176,7 @@ CONTEXT = "".join(f"{i},1,2,3,{i * 0.5}\n" for i in range(5))
         ("", "is empty"),
         ("x1,x2,y\n1,2,3\n2,3,4\n4,5,6\n", "2 feature columns besides the target 'y'"),
         (GOOD_HEADER + CONTEXT + "1,nan,2,3,4\n", "'nan' is not a finite number"),
+        (GOOD_HEADER + CONTEXT + "1,2,3,4,-1.000001e15\n", "'y': '-1.000001e15' is beyond 1e+15"),
     ],
 )
 def test_a_bad_csv_gets_one_message_and_nothing_is_written(
@@ -231,6 +232,7 @@ def test_runs_of_the_wrong_kind_are_refused(tmp_path, examples, short_regression
         ("a,b\n" + "1,0\n" * 30, "2 channels (columns), the run reads n_dims = 3"),
         ("a,b,c\n" + "1,0,0\n" * 10, "at least 21 rows are needed"),
         ("a,b,c\n" + "1,0,0\n" * 20 + "1,,0\n", "line 22, column 'b': missing value"),
+        ("a,b,c\n" + "1,0,0\n" * 20 + "1,1e39,0\n", "line 22, column 'b': '1e39' is beyond"),
     ],
 )
 def test_a_bad_series_gets_one_message_and_nothing_is_written(
@@ -240,3 +242,62 @@ def test_a_bad_series_gets_one_message_and_nothing_is_written(
     assert cli("forecast", orthogonal_run.path, data, "--out", tmp_path / "f.csv") == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
+
+
+def strict_json(path):
+    """The JSON in path; NaN and Infinity, which json.loads accepts, fail the test."""
+    return json.loads(path.read_text(), parse_constant=pytest.fail)
+
+
+def write_rows(path, header, rows):
+    with open(path, "w", newline="") as file:
+        csv.writer(file).writerows([header, *rows])
+    return path
+
+
+def test_values_up_to_the_bound_give_finite_numbers(
+    examples, short_regression_run, orthogonal_run, tmp_path
+):
+    header, rows, _ = regression_rows()
+    rows[-QUERY_ROWS - 1][-1] = -MAX_MAGNITUDE  # a context row the run keeps
+    rows[-1][0] = MAX_MAGNITUDE  # a query
+    data = write_rows(tmp_path / "big.csv", header, rows)
+    assert cli("predict", short_regression_run, data, "--out", tmp_path / "p.csv") == 0
+    assert all(
+        math.isfinite(v) for v in strict_json(tmp_path / "p.json")["leave_one_out_mse"].values()
+    )
+    predictions = [float(v) for row in read_csv(tmp_path / "p.csv")[1:] for v in row[4:]]
+    assert all(math.isfinite(v) for v in predictions)
+    series = read_csv(examples / "series.csv")
+    top = max(abs(float(v)) for row in series[1:] for v in row)
+    scaled = [[float(v) / top * MAX_MAGNITUDE for v in row] for row in series[1:]]
+    data = write_rows(tmp_path / "series.csv", series[0], scaled)
+    assert cli("forecast", orthogonal_run.path, data, "--out", tmp_path / "f.csv") == 0
+    assert all(
+        math.isfinite(v) for v in strict_json(tmp_path / "f.json")["mse_per_channel"].values()
+    )
+
+
+def test_numbers_that_overflow_are_one_message_and_nothing_is_written(
+    examples, short_regression_run, orthogonal_run, tmp_path, capsys
+):
+    # In bounds, but a query 1e165 context standard deviations away, and a state 1e15 times the
+    # others (least squares fits a W that multiplies the next states by about as much).
+    header, rows, _ = regression_rows()
+    for i, row in enumerate(rows[:CONTEXT_ROWS]):
+        row[0] = i * 1e-150
+    rows[-1][0] = MAX_MAGNITUDE
+    data = write_rows(tmp_path / "data.csv", header, rows)
+    assert cli("predict", short_regression_run, data, "--out", tmp_path / "p.csv") == 2
+    error = capsys.readouterr().err
+    assert "predictions are not finite" in error and error.count("\n") == 1, error
+    series = read_csv(examples / "series.csv")
+    series[30][1] = str(MAX_MAGNITUDE)
+    write_rows(tmp_path / "series.csv", series[0], series[1:])
+    assert (
+        cli("forecast", orthogonal_run.path, tmp_path / "series.csv", "--out", tmp_path / "f.csv")
+        == 2
+    )
+    error = capsys.readouterr().err
+    assert "are not finite" in error and error.count("\n") == 1, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "series.csv"]

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_BYTES = 64 * 2**20  # far more rows than a run's context or window needs
+# The largest magnitude a cell may have. The runs compute in float32 (at most 3.4e38), and forecast
+# takes squares of the data's values and sums them (window norms, squared errors): the squared
+# difference of two cells, summed over every cell a file can hold (at most MAX_BYTES / 2, a digit
+# and a comma each), stays finite: (MAX_BYTES / 2) (2 MAX_MAGNITUDE)^2 = 1.3e38. Predict
+# standardises in float64, which holds far more.
+MAX_MAGNITUDE = 1e15
 
 
 class DataError(ValueError):
@@ -91,7 +97,29 @@ def _number(cell: str, where: str) -> float | None:
         raise DataError(f"{where}: {cell!r} is not a number") from None
     if not math.isfinite(value):
         raise DataError(f"{where}: {cell!r} is not a finite number")
+    if abs(value) > MAX_MAGNITUDE:
+        raise DataError(
+            f"{where}: {cell!r} is beyond {MAX_MAGNITUDE:g} in magnitude, more than the run's "
+            "float32 computation holds: rescale the column"
+        )
     return value
+
+
+def require_finite(path: Path, what: str, values: dict) -> None:
+    """A DataError, before anything is written, unless each predictor's numbers (name -> a
+    number or nested lists of them) are finite: a summary never holds NaN or Infinity."""
+    for name, numbers in values.items():
+        if not all(math.isfinite(v) for v in _flat(numbers)):
+            raise DataError(
+                f"{str(path)!r}: {name}'s {what} are not finite: the values are too large or too "
+                "far from the rest for the run's float32 computation (nothing was written)"
+            )
+
+
+def _flat(numbers) -> list[float]:
+    if isinstance(numbers, list | tuple):
+        return [v for item in numbers for v in _flat(item)]
+    return [numbers]
 
 
 def refuse_existing(*paths: Path) -> None:

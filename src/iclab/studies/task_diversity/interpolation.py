@@ -42,6 +42,20 @@ def interpolation_path(w_i: torch.Tensor, w_j: torch.Tensor, alpha: float) -> to
     return length * mix / mix.norm(dim=-1, keepdim=True)
 
 
+def require_pool(task_config) -> None:
+    """A ConfigError unless the run's tasks are drawn from a finite pool of at least 2 (the paths
+    join two of them): the pool families (regression, classification) have task.n_tasks, the
+    others (autoregressive) no pool at all."""
+    if not hasattr(task_config, "n_tasks"):
+        found = f"{task_config.family!r} runs have no task pool"
+    elif task_config.n_tasks is None or task_config.n_tasks < 2:
+        n_tasks = "inf" if task_config.n_tasks is None else task_config.n_tasks
+        found = f"this run has task.n_tasks = {n_tasks}"
+    else:
+        return
+    raise ConfigError(f"interpolation needs a pool of at least 2 tasks; {found}")
+
+
 def interpolate(
     model,
     task,
@@ -56,11 +70,7 @@ def interpolate(
     evenly spaced alpha, each on sequences_per_pair fresh sequences per pair. smoothing: the
     pool's best blur if already searched (studies.task_diversity.smoothing), else searched here."""
     config = task.config
-    if task.pool is None or len(task.pool) < 2:
-        raise ConfigError(
-            f"interpolation needs a pool of at least 2 tasks; this run has task.n_tasks = "
-            f"{'inf' if config.n_tasks is None else config.n_tasks}"
-        )
+    require_pool(config)
     family = family_of(config)
     pairs = study_pairs(config)
     baselines = family.baselines(task)

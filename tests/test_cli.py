@@ -47,6 +47,12 @@ def test_train_then_eval_end_to_end(config_file, tmp_path, capsys):
     assert main(["eval", str(out), "--n-sequences", "256"]) == 0
     assert json.loads((out / "reevaluation.json").read_text())["n_sequences"] == 256
     assert (out / "eval.json").read_bytes() == final  # the run's own result is never replaced
+    # An earlier re-evaluation is replaced only when asked.
+    before = snapshot(out)
+    assert main(["eval", str(out), "--n-sequences", "128"]) == 2
+    assert "pass --replace" in capsys.readouterr().err and snapshot(out) == before
+    assert main(["eval", str(out), "--n-sequences", "128", "--replace"]) == 0
+    assert json.loads((out / "reevaluation.json").read_text())["n_sequences"] == 128
 
 
 @pytest.mark.parametrize(

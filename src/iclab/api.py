@@ -121,12 +121,13 @@ class Run:
         tensors = [t.to(torch.complex64 if t.is_complex() else torch.float32) for t in tensors]
         return self.model(*tensors)
 
-    def evaluate(self, n_sequences: int | None = None) -> dict:
+    def evaluate(self, n_sequences: int | None = None, replace: bool = False) -> dict:
         """Evaluate the checkpoint again on n_sequences (default: the run's eval.n_sequences);
-        written to reevaluation.json beside the run's own eval.json, which is kept."""
+        written to reevaluation.json beside the run's own eval.json, which is kept. An earlier
+        reevaluation.json is replaced only with replace=True (else a ConfigError)."""
         from iclab.experiment import evaluate_run
 
-        return evaluate_run(self.path, n_sequences)[0]
+        return evaluate_run(self.path, n_sequences, replace)[0]
 
 
 def open_run(path: str | Path) -> Run:

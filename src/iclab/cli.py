@@ -36,7 +36,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from iclab.experiment import evaluate_run
 
-    evaluation, path = evaluate_run(args.run_dir, args.n_sequences)
+    evaluation, path = evaluate_run(args.run_dir, args.n_sequences, args.replace)
     print(format_evaluation(evaluation))
     print(f"written to {path} (the run's eval.json is kept)")
     return 0
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument(
         "--n-sequences", type=_positive_int, help="default: the run's eval.n_sequences"
+    )
+    evaluate.add_argument(
+        "--replace", action="store_true", help="replace an earlier reevaluation.json"
     )
     evaluate.set_defaults(handler=_eval)
 

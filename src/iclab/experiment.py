@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from iclab.config import RunConfig
+from iclab.config import ConfigError, RunConfig
 from iclab.families import family_of, make_task
 from iclab.plots import plot_error_per_position
 from iclab.tracking import RunTracker
@@ -15,6 +15,7 @@ from iclab.training import (
     resolve_device,
     train,
 )
+from iclab.training.run_directory import REEVALUATION_FILE
 
 MSE_FIGURE = "mse_per_position.png"
 REEVALUATION_FIGURE = "reevaluation_mse_per_position.png"
@@ -65,11 +66,20 @@ def finish_run(config: RunConfig, run_dir, model, task, steps_per_second: float)
     return evaluation
 
 
-def evaluate_run(run_dir: str | Path, n_sequences: int | None = None) -> tuple[dict, Path]:
+def evaluate_run(
+    run_dir: str | Path, n_sequences: int | None = None, replace: bool = False
+) -> tuple[dict, Path]:
     """Re-evaluate the checkpoint of a run directory on n_sequences (default: the run's
     eval.n_sequences). Written beside the run's own results, never over them:
-    reevaluation.json and its figure. Returns the evaluation and the path written."""
+    reevaluation.json and its figure; an earlier re-evaluation is replaced only with `replace`.
+    Returns the evaluation and the path written."""
     run = RunDirectory(run_dir)
+    earlier = run.file(REEVALUATION_FILE)
+    if earlier.exists() and not replace:
+        raise ConfigError(
+            f"{str(earlier)!r} holds an earlier re-evaluation: pass --replace to replace it "
+            "(or copy it elsewhere first)"
+        )
     config, model, task = load_trained(run)
     evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
     _plot(config, evaluation, run.file(REEVALUATION_FIGURE))

@@ -65,8 +65,16 @@ def _wrong(text: str):
 
 
 # (file, corruption: old bytes -> new bytes, words of the message)
+def _a_mean_as_text(data: bytes) -> bytes:
+    evaluation = json.loads(data)
+    means = next(iter(evaluation["distributions"].values()))["mse_mean"]
+    means[next(iter(means))] = "abc"
+    return json.dumps(evaluation).encode()
+
+
 EVAL_CASES = [
     ("eval.json", lambda data: BINARY, "not UTF-8"),
+    ("eval.json", _a_mean_as_text, "is not a number"),
     ("eval.json", _truncated, "not valid JSON at line"),
     ("eval.json", _wrong("[1, 2]"), "'distributions' object"),
     ("eval.json", _wrong('{"distributions": 5}'), "'distributions' object"),
@@ -143,6 +151,7 @@ def test_a_corrupt_metrics_file_stops_a_resume_and_not_an_eval(
 ):
     run_dir = tmp_path / "run"
     shutil.copytree(sweep / "runs" / _first_run(sweep), run_dir)
+    (run_dir / "eval.json").unlink()  # an interrupted run: resuming a complete one reads nothing
     path = run_dir / name
     path.write_bytes(corruption(path.read_bytes()))
     before = snapshot(run_dir)
@@ -163,6 +172,18 @@ def test_a_corrupt_metrics_file_stops_a_resume_and_not_an_eval(
     assert code == 0, err
     after = snapshot(run_dir)
     assert {key: after.get(key) for key in before} == before
+
+
+def test_a_complete_run_without_metrics_is_named_by_plot(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(sweep, out)
+    path = out / "runs" / _first_run(out) / "metrics.jsonl"
+    path.write_text("")
+    before = snapshot(out)
+    assert main(["plot", str(out)]) == 1  # it raised ValueError (unpacking no records)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and "no evaluation records" in err
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize("garbage", [b"\xff" * 64, (2**40).to_bytes(8, "little") + b"{}"])

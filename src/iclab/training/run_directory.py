@@ -59,7 +59,19 @@ def _evaluation_problem(evaluation) -> str | None:
     for name, result in distributions.items():
         if not (isinstance(result, dict) and all(isinstance(result.get(k), dict) for k in keys)):
             return f"distribution {name!r} lacks one of the objects {keys}"
+        for key in [*keys, *labels]:  # the means, and the per-position lists where present
+            table = result.get(key, {})
+            if not isinstance(table, dict):
+                return f"{name}.{key} is not an object"
+            for estimator, values in table.items():
+                numbers = values if key in labels and isinstance(values, list) else [values]
+                if not all(_is_number(v) for v in numbers):
+                    return f"{name}.{key}.{estimator} is not a number or a list of numbers"
     return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _metrics_problem(record) -> str | None:
@@ -136,10 +148,12 @@ class RunDirectory:
 
     # -- metrics -------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
+        """The periodic evaluations so far; a complete run has at least its last step's."""
         path = self.path / METRICS_FILE
-        if not path.exists():
-            return []
-        return read_jsonl(path, "metrics file", _metrics_problem)
+        records = read_jsonl(path, "metrics file", _metrics_problem) if path.exists() else []
+        if not records and self.status() == "complete":
+            raise corrupt(path, "metrics file", "no evaluation records in a complete run")
+        return records
 
     def write_metrics(self, records: list[dict]) -> None:
         text = "".join(json.dumps(record) + "\n" for record in records)

@@ -83,3 +83,15 @@ def test_the_readme_states_the_demos_factors():
     assert f"`Delta_PT,dMMSE < Delta_PT,Ridge / {demo.BAYESIAN_FACTOR:g}`" in text
     assert f"`Delta_dMMSE,Ridge >= {demo.FAR_FACTOR:g} Delta_PT,Ridge`" in text
     assert f"`Delta_PT,Ridge <= Delta_PT,dMMSE / {demo.NON_BAYESIAN_FACTOR:g}`" in text
+
+
+def test_failed_demo_runs_are_reported_in_one_line_each(tmp_path, capsys):
+    from iclab.cli import main
+
+    small = ["steps=4", "eval_every=2", "checkpoint_every=2", "n_sequences=32", "eval_sequences=16"]
+    overrides = [a for s in [*small, "lr=1e10"] for a in ("--set", s)]  # every run diverges
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress", *overrides]) == 1
+    err = capsys.readouterr().err
+    # It printed every run's whole traceback.
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "demo runs failed" in err and err.count("TrainingDiverged: training loss") == 6

@@ -138,7 +138,11 @@ def run_demo(
     workers = workers or min(len(runs), os.cpu_count() or 1)
     outcome = run_runs(runs, out_dir, LocalExecutor(workers), retry_failed=True, progress=progress)
     if outcome.failed:
-        raise SweepError(f"demo runs failed, see `iclab status {out_dir}`: {outcome.failed}")
+        errors = "; ".join(
+            f"{run_hash}: {(error.strip().splitlines() or ['?'])[-1]}"
+            for run_hash, error in outcome.failed.items()
+        )
+        raise SweepError(f"demo runs failed ({errors}); see `iclab status {out_dir}`")
     store = SweepStore(out_dir)
     evaluations = {
         m: store.run(run.run_hash).evaluation()

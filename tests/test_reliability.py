@@ -241,3 +241,26 @@ def test_resuming_a_complete_run_rewrites_nothing(tmp_path, capsys):
     code, text = run_cli([*args, "--resume", "--set", "lr=0.002"], capsys)
     assert code == 2 and "differs from the requested one" in text
     assert snapshot(tmp_path) == before
+
+
+def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from iclab.files import write_json
+
+    def refused(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}x{suffix}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as caught:
+        write_json(tmp_path / "out.json", {})
+    assert caught.value.filename == str(tmp_path / "out.json")
+
+
+def test_paths_that_are_not_what_a_command_reads_are_named(tmp_path, capsys):
+    code, text = run_cli(["eval", str(tmp_path)], capsys)
+    assert code == 2 and "is not an iclab run directory (no config.toml)" in text
+    assert "presets" not in text
+    code, text = run_cli(["train", str(tmp_path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "is a directory, not a TOML file" in text

@@ -314,6 +314,8 @@ def resolve_config_path(path_or_preset: str | Path) -> Path:
 
 def read_toml(path: str | Path) -> dict:
     path = resolve_config_path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a TOML file")
     if not path.is_file():
         raise ConfigError(
             f"config file {str(path)!r} does not exist (presets: {', '.join(preset_names())})"

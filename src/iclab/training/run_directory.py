@@ -131,6 +131,10 @@ class RunDirectory:
         return (self.path / CONFIG_FILE).exists()
 
     def config(self) -> RunConfig:
+        if not self.has_config():
+            raise ConfigError(
+                f"{str(self.path)!r} is not an iclab run directory (no {CONFIG_FILE})"
+            )
         return load_config(self.path / CONFIG_FILE)
 
     def write_config(self, config: RunConfig) -> None:

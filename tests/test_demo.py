@@ -95,3 +95,11 @@ def test_failed_demo_runs_are_reported_in_one_line_each(tmp_path, capsys):
     # It printed every run's whole traceback.
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "demo runs failed" in err and err.count("TrainingDiverged: training loss") == 6
+
+
+def test_the_demo_refuses_to_set_the_diversity_it_spans(tmp_path, capsys):
+    from iclab.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--set", "n_tasks=3"]) == 2
+    assert "cannot be set with --set" in capsys.readouterr().err  # it was silently ignored
+    assert not (tmp_path / "demo").exists()

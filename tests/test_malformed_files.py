@@ -187,11 +187,12 @@ def test_a_complete_run_without_metrics_is_named_by_plot(sweep, tmp_path, capsys
 
 
 @pytest.mark.parametrize("garbage", [b"\xff" * 64, (2**40).to_bytes(8, "little") + b"{}"])
-def test_a_garbage_checkpoint_is_listed_corrupt_and_its_run_starts_over(
+def test_a_garbage_checkpoint_is_listed_corrupt_and_kept_by_the_sweep(
     sweep, tmp_path, capsys, garbage
 ):
-    """A checkpoint that is not one (even with a header length of 2^40) is named by status, and
-    the sweep reruns that run from the start instead of stopping."""
+    """A checkpoint that is not one (even with a header length of 2^40) is named by status; the
+    sweep fails that run, naming the file, and goes on with the others: it does not start the
+    run over, which would overwrite the file."""
     out = tmp_path / "out"
     shutil.copytree(sweep, out)
     run_dir = out / "runs" / _first_run(out)
@@ -204,5 +205,7 @@ def test_a_garbage_checkpoint_is_listed_corrupt_and_its_run_starts_over(
     assert "corrupt" in row and "checkpoint.safetensors" in row
     spec = out.parent / "s.toml"
     spec.write_text((sweep.parent / "s.toml").read_text())
-    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
-    assert (run_dir / "eval.json").exists()
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 1
+    assert (run_dir / "checkpoint.safetensors").read_bytes() == garbage
+    assert "checkpoint.safetensors" in (run_dir / "failed.json").read_text()
+    assert not (run_dir / "eval.json").exists()

@@ -311,3 +311,51 @@ def test_results_table_and_figures(tmp_path):
         "task_diversity.png", "mse_per_position_by_M.png", "delta_over_training.png"
     ]  # fmt: skip
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _flip_tensor_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little") + 64
+    data[start : start + 100] = bytes(b ^ 0x5A for b in data[start : start + 100])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+@pytest.mark.parametrize("damage", [_truncate, _flip_tensor_bytes])
+def test_corrupt_checkpoint_fails_its_run_and_is_kept(tmp_path, capsys, damage, ensemble):
+    """An interrupted run whose checkpoint is corrupt is not started over (which would overwrite
+    the file): it fails with the checkpoint's one-line error, and the sweep goes on."""
+    from iclab.cli import main
+
+    extra = "ensemble = true" if ensemble else ""
+    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]", extra)
+    runs = load_spec(spec).runs()
+    out = tmp_path / "sweep"
+    run_sweep(load_spec(spec), out, ONE_THREAD, progress=False)
+    store = SweepStore(out)
+    corrupt, interrupted = store.run(runs[0].run_hash), store.run(runs[1].run_hash)
+    for run in (corrupt, interrupted):
+        (run.path / "eval.json").unlink()
+    checkpoint = corrupt.path / "checkpoint.safetensors"
+    damage(checkpoint)
+    kept = checkpoint.read_bytes()
+
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    assert checkpoint.read_bytes() == kept
+    message = corrupt.failure()
+    assert message.startswith(f"checkpoint {str(checkpoint)!r} is corrupt")
+    assert "\n" not in message
+    assert interrupted.status() == "complete" and store.run(runs[2].run_hash).status() == "complete"
+    header, rows = status_rows(out)
+    assert [row[1] for row in rows] == ["failed", "complete", "complete"]
+    assert rows[0][header.index("note")] == message[:60]
+    # Retrying fails it again, leaving the file as it is.
+    outcome = run_sweep(load_spec(spec), out, ONE_THREAD, retry_failed=True, progress=False)
+    assert outcome.failed == {runs[0].run_hash: message} and outcome.completed == []
+    assert checkpoint.read_bytes() == kept

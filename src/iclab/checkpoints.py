@@ -9,13 +9,16 @@ Metadata (all strings, as safetensors requires):
                   resumed run logs the same train_loss as an uninterrupted one
     checksum      sha256 of the tensor data section followed by the other metadata as sorted JSON
 
-Checkpoints written before checksums and run hashes still load, with an
-UnverifiedCheckpointWarning.
+Checkpoints written before checksums and run hashes still load, with a warning on stderr. Every
+checkpoint's weights must be finite, and its optimizer state must fit the optimizer (Adam: a
+one-element step and moments of their parameter's shape, hyperparameters of the optimizer's own
+form), so that a damaged old checkpoint is refused too rather than failing in the first step.
 """
 
 import hashlib
 import json
-import warnings
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +31,6 @@ from iclab.files import atomic_write_bytes
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, or does not fit the model or the run."""
-
-
-class UnverifiedCheckpointWarning(UserWarning):
-    """A checkpoint of the old format: no checksum or run hash to verify it against."""
 
 
 @dataclass(frozen=True)
@@ -87,19 +86,10 @@ def restore_checkpoint(
     run_hash: str | None = None,
 ) -> CheckpointInfo:
     """load_checkpoint, returning everything the checkpoint holds besides the tensors. The file is
-    verified (checksum, metadata, run hash) before anything is loaded."""
+    verified (checksum, metadata, run hash, finite weights) before anything is loaded, and what
+    it restores must fit the model and optimizer."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    data = path.read_bytes()
-    metadata, data_start = _read_metadata(path, data)
-    info, groups = _verify(path, data, metadata, data_start, run_hash)
-    try:
-        tensors = load(data)
-    except SafetensorError as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {error}"
-        ) from None
+    info, groups, tensors = _read(path, run_hash, warn=True)
     device = next(model.parameters()).device
     weights = {
         k[len("model.") :]: v.to(device) for k, v in tensors.items() if k.startswith("model.")
@@ -121,13 +111,85 @@ def restore_checkpoint(
                     ) from None
                 is_step = name == "step"
                 state.setdefault(index, {})[name] = value if is_step else value.to(device)
+        own_groups = [dict(group) for group in optimizer.param_groups]
         try:
             optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError, TypeError) as error:
+            _check_optimizer(optimizer, own_groups)
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
             raise CheckpointError(
                 f"checkpoint {str(path)!r}: optimizer state does not fit: {error}"
             ) from None
     return info
+
+
+def verify_checkpoint(path: str | Path, run_hash: str | None = None) -> CheckpointInfo:
+    """The checks restore_checkpoint makes before it needs a model (without its warning): raises
+    CheckpointError unless the file can be restored from, as far as the file alone can tell."""
+    return _read(Path(path), run_hash, warn=False)[0]
+
+
+def _read(path: Path, run_hash: str | None, warn: bool) -> tuple[CheckpointInfo, list, dict]:
+    """The verified metadata fields, param_groups and tensors of a checkpoint."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    data = path.read_bytes()
+    metadata, data_start = _read_metadata(path, data)
+    info, groups = _verify(path, data, metadata, data_start, run_hash, warn)
+    try:
+        tensors = load(data)
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or not a checkpoint: {error}"
+        ) from None
+    for name, tensor in tensors.items():
+        if name.startswith("model.") and not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt: weight {name[len('model.') :]!r} holds "
+                "NaN or infinite values"
+            )
+    return info, groups, tensors
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, own_groups: list[dict]) -> None:
+    """Raises ValueError unless the loaded state is of the form the optimizer steps with: each
+    hyperparameter of the form of the one the optimizer was built with, each parameter's state
+    a one-element step and tensors of the parameter's shape, the same entries for all."""
+    for own, loaded in zip(own_groups, optimizer.param_groups, strict=True):
+        for key, value in own.items():
+            if key != "params" and (key not in loaded or not _fits(loaded[key], value)):
+                raise ValueError(f"bad {key!r} = {loaded.get(key)!r} in param_groups")
+    entries = set()
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():  # tensors: the file holds nothing else
+                if key == "step":
+                    fits, expected = value.numel() == 1, "one element"
+                else:
+                    fits, expected = value.shape == parameter.shape, tuple(parameter.shape)
+                if not fits:
+                    raise ValueError(f"{key!r} has shape {tuple(value.shape)}, not {expected}")
+            if state:
+                entries.add(tuple(sorted(state)))
+    if len(entries) > 1:
+        raise ValueError(f"parameters hold different state entries: {sorted(entries)}")
+
+
+def _fits(value, own) -> bool:
+    """Whether a loaded hyperparameter has the form of the optimizer's own value."""
+    if own is None or isinstance(own, bool):  # flags; foreach and fused are None by default
+        return value is None or isinstance(value, bool)
+    if isinstance(own, (int, float, torch.Tensor)):  # a tensor: the compiled step's lr
+        if isinstance(value, torch.Tensor):
+            return value.numel() == 1 and bool(torch.isfinite(value).all())
+        return type(value) in (int, float) and math.isfinite(value)
+    if isinstance(own, (list, tuple)):
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(own)
+            and all(map(_fits, value, own))
+        )
+    return type(value) is type(own)
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -176,7 +238,7 @@ def _step(path: Path, metadata: dict) -> int:
 
 
 def _verify(
-    path: Path, data: bytes, metadata: dict, data_start: int, run_hash: str | None
+    path: Path, data: bytes, metadata: dict, data_start: int, run_hash: str | None, warn: bool
 ) -> tuple[CheckpointInfo, list]:
     """Check the checksum, the run hash and every metadata field; the parsed fields."""
     unverified = []
@@ -213,12 +275,11 @@ def _verify(
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt: bad metadata: {error}"
         ) from None
-    if unverified:
-        warnings.warn(
-            f"checkpoint {str(path)!r} has {' and '.join(unverified)} (written by an older "
-            "iclab): loaded without verifying it",
-            UnverifiedCheckpointWarning,
-            stacklevel=3,
+    if unverified and warn:
+        print(
+            f"iclab: warning: checkpoint {str(path)!r} has {' and '.join(unverified)} (written "
+            "by an older iclab): loaded without verifying it",
+            file=sys.stderr,
         )
     return CheckpointInfo(step, stored_hash, losses), groups
 

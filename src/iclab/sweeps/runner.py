@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from iclab.checkpoints import CheckpointError
+from iclab.checkpoints import CheckpointError, verify_checkpoint
 from iclab.config import ConfigError
 from iclab.families import family_of
 from iclab.files import CorruptFile
@@ -18,6 +18,7 @@ from iclab.sweeps.store import SweepStore
 from iclab.sweeps.worker import Job
 from iclab.tracking import RunTracker, check_backend
 from iclab.training import ensemble_key
+from iclab.training.run_directory import CHECKPOINT_FILE, RESUME_FILES
 
 
 @dataclass
@@ -28,27 +29,32 @@ class SweepOutcome:
     seconds: float = 0.0
 
 
-def _steps_done(run) -> int:
-    """Steps of the run's checkpoint; 0 for a corrupt one, which is never resumed from
-    (SweepStore.resume_files leaves it out, so the run starts over)."""
+def _checkpoint_problem(run: SweepRun, store: SweepStore) -> str | None:
+    """Why the run's checkpoint cannot be resumed from (the CheckpointError's message), or None
+    when it has none or a sound one. Such a run fails: starting it over would overwrite the file."""
+    directory = store.run(run.run_hash)
+    if not directory.has_checkpoint():
+        return None
     try:
-        return run.checkpoint_step()
-    except CheckpointError:
-        return 0
+        verify_checkpoint(directory.file(CHECKPOINT_FILE), run.run_hash)
+    except CheckpointError as error:
+        return str(error)
+    return None
 
 
 def make_jobs(runs: list[SweepRun], store: SweepStore, ensemble: bool, threads: int) -> list[Job]:
     """One job per run, or with `ensemble` one per group of runs that can train stacked (same
-    ensemble_key, and resuming from the same checkpoint step)."""
+    ensemble_key, and resuming from the same checkpoint step). Each job ships its runs'
+    checkpoints as they are: the worker refuses a corrupt one rather than starting over."""
     groups: dict = defaultdict(list)
     for index, run in enumerate(runs):
         key = ensemble_key(run.config) if ensemble else None
-        group = (key, _steps_done(store.run(run.run_hash))) if key is not None else index
+        group = (key, store.run(run.run_hash).checkpoint_step()) if key is not None else index
         groups[group].append(run)
     return [
         Job(
             configs=[run.config for run in members],
-            files=[store.resume_files(run.run_hash) for run in members],
+            files=[store.run(run.run_hash).read_files(RESUME_FILES) for run in members],
             threads=threads,
         )
         for members in groups.values()
@@ -89,6 +95,9 @@ def _run_runs(runs, out_dir, executor, ensemble: bool, retry_failed, progress: b
         status = store.run(run.run_hash).status()
         if status == "complete" or (status == "failed" and not retry_failed):
             outcome.skipped.append(run.run_hash)
+        elif (problem := _checkpoint_problem(run, store)) is not None:
+            store.run(run.run_hash).write_failure(problem)
+            outcome.failed[run.run_hash] = problem
         else:
             todo.append(run)
     trackers = {}
@@ -109,7 +118,7 @@ def _run_rounds(
 ) -> None:
     """Runs todo in rounds of jobs with a progress bar, recording each outcome in store and outcome and feeding
     the runs' trackers, until every run is settled or a round settles none."""
-    steps = {run.run_hash: _steps_done(store.run(run.run_hash)) for run in todo}
+    steps = {run.run_hash: store.run(run.run_hash).checkpoint_step() for run in todo}
     total = {run.run_hash: run.config.train.steps for run in todo}
     with tqdm(
         total=sum(total.values()),
@@ -188,6 +197,16 @@ def status_rows(out_dir: str | Path) -> tuple[list[str], list[list]]:
     return header, rows
 
 
+def _step_shown(run, status: str) -> int | str:
+    """The checkpoint's step; blank for a failed run's corrupt one (its note says why)."""
+    try:
+        return run.checkpoint_step()
+    except CheckpointError:
+        if status != "failed":
+            raise
+        return ""
+
+
 def _status_row(run, config, shown) -> tuple[str, int | str, list, str]:
     """(status, steps done, the shown metrics, a note) of one run."""
     metrics = [""] * len(shown)
@@ -200,6 +219,6 @@ def _status_row(run, config, shown) -> tuple[str, int | str, list, str]:
             metrics = [distributions.get(d, {}).get("delta_mean", {}).get(p, "") for d, p in shown]
             return status, config.train.steps, metrics, ""
         note = run.failure().strip().splitlines()[-1:] if status == "failed" else []
-        return status, run.checkpoint_step(), metrics, "".join(note)[:60]
+        return status, _step_shown(run, status), metrics, "".join(note)[:60]
     except (ConfigError, CorruptFile, CheckpointError) as error:
         return "corrupt", "", metrics, str(error)

@@ -9,9 +9,8 @@ so a killed sweep never leaves a half-written result and never redoes a complete
 
 from pathlib import Path
 
-from iclab.checkpoints import CheckpointError
 from iclab.files import corrupt, read_json, write_json
-from iclab.training.run_directory import CHECKPOINT_FILE, RESUME_FILES, RunDirectory
+from iclab.training.run_directory import RESUME_FILES, RunDirectory
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -52,17 +51,6 @@ class SweepStore:
             if not run.has_config():
                 run.write_config(sweep_run.config)
         write_json(self.out_dir / SWEEP_FILE, {"runs": known})
-
-    def resume_files(self, run_hash: str) -> dict[str, bytes]:
-        """The files a worker needs to continue a run: its config, checkpoint and metrics."""
-        run = self.run(run_hash)
-        files = run.read_files(RESUME_FILES)
-        if CHECKPOINT_FILE in files:
-            try:
-                run.checkpoint_step()
-            except CheckpointError:  # cannot happen with atomic writes, but never resume from it
-                del files[CHECKPOINT_FILE]
-        return files
 
     def write_checkpoint_files(self, run_hash: str, files: dict[str, bytes]) -> None:
         """A worker's checkpoint report; ignored once the run is complete."""

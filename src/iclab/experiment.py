@@ -6,6 +6,7 @@ import torch
 
 from iclab.config import ConfigError, RunConfig
 from iclab.families import family_of, make_task
+from iclab.locks import exclusive
 from iclab.plots import plot_error_per_position
 from iclab.tracking import RunTracker
 from iclab.training import (
@@ -32,7 +33,9 @@ def run(
     log_to (iclab.tracking.BACKENDS) mirror its evaluations and figures to that tracker.
     Resuming a complete run of the same config returns its evaluation and rewrites nothing."""
     if resume and RunDirectory(run_dir).status() == "complete":
-        return RunDirectory.create(run_dir, config, resume=True).evaluation()
+        run = RunDirectory.create(run_dir, config, resume=True)
+        with exclusive(run.path, "run directory"):  # no other writer may be changing it
+            return run.evaluation()
     tracker = None if log_to is None else RunTracker(log_to, run_dir, config)
 
     def on_evaluation(_index: int, record: dict) -> None:

@@ -269,3 +269,12 @@ def test_paths_that_are_not_what_a_command_reads_are_named(tmp_path, capsys):
     assert "presets" not in text
     code, text = run_cli(["train", str(tmp_path), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "is a directory, not a TOML file" in text
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_says_how_to_go_on(tmp_path, capsys):
+    run = tmp_path / "run"
+    small = ["steps=20", "eval_every=10", "checkpoint_every=10", "lr=1e10", "n_sequences=32"]
+    args = ["train", "tiny", "--out", str(run), "--no-progress"]
+    code, text = run_cli([*args, *(a for s in small for a in ("--set", s))], capsys)
+    assert code == 1 and "loss became nan" in text
+    assert f"nothing in {str(run)!r} can be resumed: remove it, or choose another --out" in text

@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(
-            "\niclab: interrupted; completed runs and the last checkpoints are kept: run the "
-            "same command again (iclab train: with --resume) to continue",
+            "\niclab: interrupted; completed runs and the checkpoints written so far (if any) "
+            "are kept: run the same command again (iclab train: with --resume) to continue",
             file=sys.stderr,
         )
         return INTERRUPTED

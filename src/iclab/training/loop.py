@@ -144,7 +144,11 @@ def _kept(runs: list[RunDirectory] | None) -> str:
         return "no run directory, nothing saved"
     kept = [str(run.path) for run in runs if run.has_checkpoint()]
     if not kept:
-        return "no checkpoint had been written yet"
+        paths = ", ".join(repr(str(run.path)) for run in runs)
+        return (
+            f"no checkpoint had been written yet, so nothing in {paths} can be resumed: remove "
+            "it, or choose another --out, to train with other settings"
+        )
     return f"the last good checkpoint is kept in {', '.join(repr(k) for k in kept)}"
 
 

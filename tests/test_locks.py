@@ -54,9 +54,8 @@ def test_the_lock_is_released_after_the_block(tmp_path):
 
 
 def test_a_second_train_or_sweep_on_a_busy_directory_exits_2_and_changes_nothing(tmp_path, capsys):
-    """`iclab train --resume` and `iclab eval` into a run directory, and `iclab sweep` into a
-    sweep directory, that another live process is writing to: one message naming the holder,
-    exit status 2."""
+    """`iclab train --resume` into a run directory, and `iclab sweep` into a sweep directory,
+    that another live process is writing to: one message naming the holder, exit status 2."""
     small = ["--set", "steps=4", "--set", "n_sequences=32", "--set", "eval_sequences=16"]
     run = tmp_path / "run"
     assert main(["train", "tiny", *small, "--out", str(run), "--no-progress"]) == 0
@@ -66,7 +65,6 @@ def test_a_second_train_or_sweep_on_a_busy_directory_exits_2_and_changes_nothing
     sweep.mkdir()
     for directory, args in (
         (run, ["train", "tiny", *small, "--out", str(run), "--resume", "--no-progress"]),
-        (run, ["eval", str(run), "--n-sequences", "16"]),  # it writes reevaluation.json there
         (sweep, ["sweep", str(spec), "--out", str(sweep), "--no-progress"]),
     ):
         holder = hold_in_another_process(directory)

@@ -84,11 +84,9 @@ def evaluate_run(
             "(or copy it elsewhere first)"
         )
     config, model, task = load_trained(run)
-    with exclusive(run.path, "run directory"):  # it writes there: one writer at a time
-        n_sequences = n_sequences or config.eval.n_sequences
-        evaluation = evaluate_as_configured(model, task, config, n_sequences)
-        _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
-        return evaluation, run.write_reevaluation(evaluation)
+    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
+    _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
+    return evaluation, run.write_reevaluation(evaluation)
 
 
 def load_trained(run: RunDirectory) -> tuple[RunConfig, torch.nn.Module, object]:

@@ -48,7 +48,7 @@ def test_values_that_are_not_finite_are_refused_before_any_work(tmp_path, capsys
         ("tiny", "weight_decay=1e300", "train.weight_decay = 1e+300"),
         ("tiny", "n_sequences=99999999999999999999", "eval.n_sequences = 99999999999999999999"),
         # Accepted before, then failed at the first evaluation, after the training steps.
-        ("tiny", "noise_std=0", "task.noise_std = 0.0"),
+        ("tiny", "noise_std=0 --set n_tasks=16", "task.noise_std = 0.0"),  # dMMSE needs noise
         ("tiny", "noise_std=1e-5", "task.noise_std = 1e-05"),  # ridge's solve was singular
         ("tiny", "prior_std=1e4", "task.noise_std"),  # the same lambda, from the other side
         ("tiny", "prior_std=1e-300", "task.prior_std = 1e-300"),
@@ -63,9 +63,8 @@ def test_values_the_run_cannot_compute_with_are_refused_before_any_work(
     tmp_path, capsys, config, override, named
 ):
     before = snapshot(tmp_path)
-    code, text = run_cli(
-        ["train", config, "--set", override, "--out", str(tmp_path / "run")], capsys
-    )
+    overrides = [a for s in override.split(" --set ") for a in ("--set", s)]
+    code, text = run_cli(["train", config, *overrides, "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and named in text, text
     assert text.count("\n") == 1  # one line, no traceback
     assert snapshot(tmp_path) == before
@@ -75,6 +74,7 @@ def test_values_the_run_cannot_compute_with_are_refused_before_any_work(
     ("config", "override"),
     [
         ("tiny", "noise_std=1e-3"),  # the smallest noise allowed at prior_std = 1: ridge solves
+        ("tiny", "noise_std=0 --set n_tasks=inf"),  # noiseless at M = infinity: a pseudo-inverse
         ("tiny", "prior_std=1e-6"),
         ("autoregressive-linear", "n_steps=2"),
     ],
@@ -82,9 +82,10 @@ def test_values_the_run_cannot_compute_with_are_refused_before_any_work(
 def test_values_at_the_edge_of_the_allowed_range_train_and_evaluate(tmp_path, config, override):
     steps = ["steps=2", "eval_every=2", "checkpoint_every=2", "n_sequences=64"]
     if config == "tiny":
-        steps += ["eval_sequences=32", "n_tasks=16"]
-    args = ["train", config, "--set", override, "--out", str(tmp_path / "run"), "--no-progress"]
-    assert main([*args, *(a for s in steps for a in ("--set", s))]) == 0
+        steps = ["n_tasks=16", *steps, "eval_sequences=32"]
+    overrides = [a for s in [*steps, *override.split(" --set ")] for a in ("--set", s)]
+    args = ["train", config, *overrides, "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
     assert (tmp_path / "run" / "eval.json").exists()
 
 
@@ -241,10 +242,10 @@ def test_resuming_a_complete_run_rewrites_nothing(tmp_path, capsys):
 
     before = files()
     code, text = run_cli([*args, "--resume"], capsys)
-    assert code == 0 and "the run is complete: nothing to resume" in text
+    assert code == 0 and "the run was complete: nothing to resume" in text
     assert files() == before  # eval.json was re-evaluated and replaced before
     code, text = run_cli([*args, "--resume", "--set", "lr=0.002"], capsys)
-    assert code == 2 and "differs from the requested one" in text
+    assert code == 2 and "differs from the requested one" in text and "was complete" not in text
     assert files() == before
 
 

@@ -21,14 +21,16 @@ INTERRUPTED = 130  # the shell convention for SIGINT
 
 
 def _train(args) -> int:
-    from iclab.api import Run, train
+    from iclab.api import train
+    from iclab.training import RunDirectory
 
     config = load_config(args.config, args.set)
     out = args.out or Path("runs") / f"{resolve_config_path(args.config).stem}-{config.run_hash()}"
     print(f"run directory: {out}")
-    if args.resume and Run(out).status == "complete":
-        print("the run is complete: nothing to resume, its results are kept")
+    was_complete = args.resume and RunDirectory(out).status() == "complete"
     run = train(config, out, args.resume, not args.no_progress, args.log_to)
+    if was_complete:
+        print("the run was complete: nothing to resume, its results are kept")
     print(format_evaluation(run.evaluation))
     return 0
 

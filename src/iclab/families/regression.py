@@ -56,14 +56,19 @@ class RegressionTaskConfig:
 
     def __post_init__(self):
         check_linear_task(self)
-        # The baselines' float32 solves need ridge's lambda = noise_std^2 / prior_std^2 >= 1e-6:
-        # at 1e-10 (noise_std = 1e-5) the Gram matrix of a prefix shorter than D is singular there.
+        # With noise, the baselines' float32 solves need ridge's lambda = noise_std^2 / prior_std^2
+        # >= 1e-6: at 1e-10 (noise_std = 1e-5) the Gram matrix of a prefix shorter than D is
+        # singular there. Without noise ridge is a pseudo-inverse, which needs no pool posterior
+        # (dMMSE and the Laplace prior's estimator need noise).
+        noiseless_ok = self.n_tasks is None and self.prior == "gaussian"
         require(
-            MIN_NOISE_TO_PRIOR * self.prior_std <= self.noise_std <= MAX_SCALE,
+            (self.noise_std == 0 and noiseless_ok)
+            or MIN_NOISE_TO_PRIOR * self.prior_std <= self.noise_std <= MAX_SCALE,
             "task.noise_std",
             self.noise_std,
-            f"a number in [{MIN_NOISE_TO_PRIOR:g} x task.prior_std, {MAX_SCALE:g}] (the float32 "
-            "baselines need noise: ridge's lambda = noise_std^2 / prior_std^2 >= 1e-6)",
+            f"a number in [{MIN_NOISE_TO_PRIOR:g} x task.prior_std, {MAX_SCALE:g}] (ridge's "
+            "lambda = noise_std^2 / prior_std^2 >= 1e-6 for float32 solves), or 0 with "
+            'n_tasks = "inf" and the Gaussian prior',
         )
         require(self.prior in PRIORS, "task.prior", self.prior, f"one of {PRIORS}")
 

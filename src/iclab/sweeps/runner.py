@@ -38,7 +38,7 @@ def _checkpoint_problem(run: SweepRun, store: SweepStore) -> str | None:
     try:
         verify_checkpoint(directory.file(CHECKPOINT_FILE), run.run_hash)
     except CheckpointError as error:
-        return str(error)
+        return f"{error}; remove it to train the run from the start"
     return None
 
 

@@ -99,8 +99,8 @@ def _number(cell: str, where: str) -> float | None:
         raise DataError(f"{where}: {cell!r} is not a finite number")
     if abs(value) > MAX_MAGNITUDE:
         raise DataError(
-            f"{where}: {cell!r} is beyond {MAX_MAGNITUDE:g} in magnitude, more than the run's "
-            "float32 computation holds: rescale the column"
+            f"{where}: {cell!r} is beyond {MAX_MAGNITUDE:g} in magnitude, the largest iclab reads "
+            "(forecasts compute in float32): rescale the column"
         )
     return value
 

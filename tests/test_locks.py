@@ -77,3 +77,22 @@ def test_a_second_train_or_sweep_on_a_busy_directory_exits_2_and_changes_nothing
         finally:
             os.kill(holder.pid, signal.SIGKILL)
             holder.wait()
+
+
+def test_the_final_evaluation_of_a_run_holds_its_directory(tmp_path, monkeypatch):
+    import iclab.experiment as experiment
+    from iclab.config import load_config
+
+    original, held = experiment.finish_run, []
+
+    def finish_run(config, run_dir, *rest):
+        with pytest.raises(DirectoryBusy):  # another writer would be refused here
+            with exclusive(run_dir, "run directory"):
+                pass
+        held.append(True)
+        return original(config, run_dir, *rest)
+
+    monkeypatch.setattr(experiment, "finish_run", finish_run)
+    small = ["steps=2", "eval_every=2", "checkpoint_every=2", "n_sequences=32", "eval_sequences=16"]
+    experiment.run(load_config("tiny", small), tmp_path / "run", progress=False)
+    assert held and (tmp_path / "run" / "eval.json").exists()

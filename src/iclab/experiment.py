@@ -49,7 +49,11 @@ def run(
             progress=progress,
             on_evaluation=None if tracker is None else on_evaluation,
         )
-        evaluation = finish_run(config, run_dir, result.model, result.task, result.steps_per_second)
+        # train() released the run directory's lock; the final evaluation writes there too.
+        with exclusive(run_dir, "run directory"):
+            evaluation = finish_run(
+                config, run_dir, result.model, result.task, result.steps_per_second
+            )
         if tracker is not None:
             tracker.finish(RunDirectory(run_dir))
     finally:

@@ -71,11 +71,14 @@ def test_a_sweep_tracks_each_run_under_the_sweep_directory(tmp_path):
 
 
 def test_wandb_offline_holds_the_evaluations(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default
     config = iclab.load_config("tiny", SHORT)
     run = iclab.train(config, tmp_path / "run", progress=False, log_to="wandb")
+    # wandb's service process writes the offline file; under load it had written only the
+    # header when finish() returned (seen once in CI). teardown waits for the service to exit.
+    wandb.teardown()
     (offline,) = (run.path / "wandb").glob(f"offline-run-*-{config.run_hash()}-*")
     log = next(offline.glob("run-*.wandb")).read_bytes()
     for _, value in recorded(run.path):  # values are stored as JSON text after their key

@@ -105,7 +105,7 @@ def _number(cell: str, where: str) -> float | None:
     return value
 
 
-def require_finite(path: Path, what: str, values: dict) -> None:
+def require_finite_results(path: Path, what: str, values: dict) -> None:
     """A DataError, before anything is written, unless each predictor's numbers (name -> a
     number or nested lists of them) are finite: a summary never holds NaN or Infinity."""
     for name, numbers in values.items():

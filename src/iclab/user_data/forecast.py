@@ -24,7 +24,7 @@ from iclab.plots import plt, save_figure
 from iclab.results import format_table
 from iclab.training import RunDirectory
 from iclab.user_data import trained_run
-from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite
+from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite_results
 
 PERSISTENCE = "Persistence"
 NORM_SEQUENCES = 1024  # training sequences that measure the run's state norm
@@ -135,8 +135,8 @@ def forecast_csv(run_dir: str | Path, data: str | Path, out: str | Path | None =
         mse,
         paths,
     )
-    require_finite(table.path, "forecasts", result.forecasts)
-    require_finite(table.path, "errors", result.mse)
+    require_finite_results(table.path, "forecasts", result.forecasts)
+    require_finite_results(table.path, "errors", result.mse)
     atomic_write_text(paths[0], _forecast_csv(result))
     write_json(paths[1], {"run": str(run.path), "window": window, "mse_per_channel": mse})
     plot_forecast(result, table.rows, paths[2])

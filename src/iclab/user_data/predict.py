@@ -25,7 +25,7 @@ from iclab.files import atomic_write_text, write_json
 from iclab.results import format_table
 from iclab.training import RunDirectory
 from iclab.user_data import trained_run
-from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite
+from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite_results
 
 MIN_CONTEXT = 3  # leave-one-out standardises with two rows
 
@@ -187,8 +187,8 @@ def predict_csv(
         leave_one_out(predictors, xs, ys, y_scale),
         [out, summary],
     )
-    require_finite(table.path, "predictions", result.predictions)
-    require_finite(table.path, "leave-one-out errors", result.leave_one_out_mse)
+    require_finite_results(table.path, "predictions", result.predictions)
+    require_finite_results(table.path, "leave-one-out errors", result.leave_one_out_mse)
     atomic_write_text(out, _predictions_csv(result))
     write_json(summary, _summary(result, run))
     return result

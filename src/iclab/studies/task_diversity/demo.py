@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from iclab.config import ConfigError, load_config
+from iclab.config import ConfigError, load_config, parse_override
 from iclab.evaluation import metric_labels
 from iclab.families import MODEL_NAME
 from iclab.results import format_table
@@ -133,7 +133,7 @@ def run_demo(
     from iclab.studies.task_diversity.figures import plot_task_diversity
 
     started = time.perf_counter()
-    if any(o.split("=", 1)[0].strip() in ("n_tasks", "task.n_tasks") for o in overrides):
+    if any(parse_override(o)[0].rpartition(".")[2] == "n_tasks" for o in overrides):
         raise ConfigError("the demo's runs span task.n_tasks (M): it cannot be set with --set")
     grid = [{"n_tasks": "inf" if m is None else m} for m in task_diversities]
     runs = [SweepRun(load_config(DEMO_PRESET, [*overrides, _assign(g)]), g) for g in grid]

@@ -240,7 +240,9 @@ def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path
     is recorded as failed, with the reason; the run in the other worker and the one not started
     yet are not, and the sweep completes them (the first from its checkpoint). --retry-failed
     then resumes the failed run from the checkpoint the driver received."""
-    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=200, checkpoint_every=20)
+    # 400 steps: the third run must still be pending when both others reach step 40; with 200,
+    # a loaded machine once let one run finish first (seen in CI).
+    spec = write_spec(tmp_path / "s.toml", "n_tasks = [1, 2, 4]", steps=400, checkpoint_every=20)
     runs = load_spec(spec).runs()
     out = tmp_path / "sweep"
     store = SweepStore(out)
@@ -274,7 +276,7 @@ def test_killed_pool_worker_is_recorded_and_retried_from_its_checkpoint(tmp_path
     assert statuses.count("complete") == 2
     for run in runs:
         if run.run_hash not in failed:  # each evaluation exactly once, resumed or not
-            assert _steps(store.run(run.run_hash).path) == list(range(20, 201, 20))
+            assert _steps(store.run(run.run_hash).path) == list(range(20, 401, 20))
     # A plain restart skips them all; --retry-failed resumes the failed run.
     assert run_sweep(load_spec(spec), out, ONE_THREAD, progress=False).completed == []
     resumed_from = store.run(failed[0]).checkpoint_step()

@@ -72,6 +72,22 @@ def test_bundled_sweep_specs_load():
     assert len(dimension_specs) == 6 and all(sizes[name] in (5, 28) for name in dimension_specs)
 
 
+@pytest.mark.parametrize(
+    "files, message",
+    [({"config.toml": "[task]\n"}, "holds a training run"), ({"notes.txt": "x"}, "notes.txt")],
+)
+def test_sweep_refuses_a_directory_that_is_not_a_sweep(tmp_path, files, message):
+    spec = load_spec(write_spec(tmp_path / "s.toml", "n_tasks = [1]"))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(spec, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, ".lock"])
+    assert all((out / name).read_text() == text for name, text in files.items())
+
+
 def test_sweep_records_failures_and_retries_only_those(tmp_path, monkeypatch):
     import iclab.training
 

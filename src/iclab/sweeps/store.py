@@ -10,7 +10,9 @@ so a killed sweep never leaves a half-written result and never redoes a complete
 from pathlib import Path
 
 from iclab.files import corrupt, read_json, write_json
-from iclab.training.run_directory import RESUME_FILES, RunDirectory
+from iclab.locks import LOCK_FILE
+from iclab.training.run_directory import CONFIG_FILE, RESUME_FILES, RunDirectory
+from iclab.validation import ConfigError
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -43,7 +45,11 @@ class SweepStore:
         return runs
 
     def register(self, runs) -> None:
-        """Record runs (SweepRun) in sweep.json and write each new run's config.toml."""
+        """Record runs (SweepRun) in sweep.json and write each new run's config.toml. A directory
+        without sweep.json must be new or empty (its lock file aside): nothing else's files are
+        mixed with a sweep's."""
+        if not (self.out_dir / SWEEP_FILE).exists():
+            self._require_empty()
         known = self.grid_values(must_exist=False)
         for sweep_run in runs:
             known.setdefault(sweep_run.run_hash, sweep_run.grid_values)
@@ -51,6 +57,21 @@ class SweepStore:
             if not run.has_config():
                 run.write_config(sweep_run.config)
         write_json(self.out_dir / SWEEP_FILE, {"runs": known})
+
+    def _require_empty(self) -> None:
+        if not self.out_dir.is_dir():
+            return
+        names = sorted(p.name for p in self.out_dir.iterdir() if p.name != LOCK_FILE)
+        if not names:
+            return
+        if CONFIG_FILE in names:
+            what = "a training run"
+        else:
+            what = f"files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+        raise ConfigError(
+            f"{str(self.out_dir)!r} holds {what} but no sweep ({SWEEP_FILE}); choose an empty or "
+            "new directory for --out"
+        )
 
     def write_checkpoint_files(self, run_hash: str, files: dict[str, bytes]) -> None:
         """A worker's checkpoint report; ignored once the run is complete."""

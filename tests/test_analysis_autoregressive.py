@@ -196,6 +196,19 @@ def test_analyze_command_end_to_end(tmp_path, capsys):
     assert "--gd-steps is an option of the regression analysis" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("earlier", ["notes", "sweep"])
+def test_reproduce_refuses_a_directory_of_other_files(tmp_path, earlier):
+    (tmp_path / "report.md").write_text("my notes")
+    if earlier == "sweep":  # a task-diversity sweep has runs/ and a report too
+        (tmp_path / "runs").mkdir()
+        (tmp_path / "sweep.json").write_text('{"runs": {}}')
+    names = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="holds files"):
+        reproduce_autoregressive(tmp_path, progress=False, settings=MINI)
+    assert (tmp_path / "report.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
 def test_reproduce_pipeline_on_a_miniature_setting(tmp_path):
     args = build_parser().parse_args(["reproduce", "autoregressive", "--out", str(tmp_path)])
     assert args.study == "autoregressive" and args.out == tmp_path

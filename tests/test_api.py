@@ -55,6 +55,27 @@ def test_overrides_as_strings_or_a_mapping_give_the_same_config():
         iclab.load_config("tiny", {"task.n_tasks": 0})
 
 
+def test_sections_built_in_python_are_checked_and_converted_as_from_a_file(tmp_path):
+    import dataclasses
+
+    import numpy as np
+
+    config = iclab.load_config("tiny")
+    with pytest.raises(
+        ConfigError, match=r"task.n_tasks = 2.5 is not allowed: expected an integer"
+    ):
+        dataclasses.replace(config, task=dataclasses.replace(config.task, n_tasks=2.5))
+    with pytest.raises(ConfigError, match="expected a config section"):
+        dataclasses.replace(config, train={"steps": 5})
+    # An int for a float and numpy numbers become what a config file gives: the same run hash.
+    built = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=1))
+    assert built.train.lr == 1.0 and isinstance(built.train.lr, float)
+    assert built.run_hash() == iclab.load_config("tiny", ["train.lr=1"]).run_hash()
+    numpy_values = iclab.load_config("tiny", {"task.n_tasks": np.int64(64), "lr": np.float32(0.5)})
+    assert type(numpy_values.task.n_tasks) is int and type(numpy_values.train.lr) is float
+    assert numpy_values == iclab.load_config("tiny", ["n_tasks=64", "lr=0.5"])
+
+
 def test_open_run_refuses_a_directory_without_a_run(tmp_path):
     with pytest.raises(ConfigError, match="not an iclab run directory"):
         iclab.open_run(tmp_path)

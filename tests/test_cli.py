@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from helpers import snapshot, tiny_overrides
 
+import iclab
 from iclab.cli import main
+from iclab.config import ConfigError
 
 CONFIG = """
 [task]
@@ -53,6 +55,12 @@ def test_train_then_eval_end_to_end(config_file, tmp_path, capsys):
     assert "pass --replace" in capsys.readouterr().err and snapshot(out) == before
     assert main(["eval", str(out), "--n-sequences", "128", "--replace"]) == 0
     assert json.loads((out / "reevaluation.json").read_text())["n_sequences"] == 128
+    # The Python API checks the count as eval.n_sequences is checked, before writing anything.
+    before = snapshot(out)
+    for bad in (-5, 0, 2.5):
+        with pytest.raises(ConfigError, match=f"eval.n_sequences = {bad} is not allowed"):
+            iclab.open_run(out).evaluate(bad, replace=True)
+    assert snapshot(out) == before
 
 
 @pytest.mark.parametrize(
@@ -158,13 +166,15 @@ def test_sweep_commands_end_to_end(tmp_path, capsys):
     assert "threshold:" in printed and (out / "threshold.json").exists()
     assert main(["plot", str(out), "--m", "1", "2", "--pdf"]) == 0
     assert (out / "task_diversity.pdf").stat().st_size > 5_000
+    assert main(["plot", str(out), "--m", "3"]) == 2
+    assert "--m 3 is not allowed: no completed run with that M" in capsys.readouterr().err
     # Nothing new to train the second time.
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert "0 runs completed, 0 failed, 4 skipped" in capsys.readouterr().out
 
 
 def test_sweep_errors_name_the_problem(tmp_path, capsys, monkeypatch):
-    assert main(["status", str(tmp_path / "nowhere")]) == 1
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert "is not a sweep directory" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -90,6 +90,11 @@ def test_kept_checkpoints_survive_a_resume_and_analyze_llc_reads_them(tmp_path, 
     train(plain, tmp_path / "plain", progress=False)
     assert main(["analyze", str(tmp_path / "plain"), "--llc"]) == 2
     assert "keep_checkpoints" in capsys.readouterr().err
+    # A damaged checkpoint is refused before the LLC part writes anything.
+    checkpoint = resumed.file("checkpoint.safetensors")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-100])
+    assert main(["analyze", str(resumed.path), "--llc", "--llc-steps", "4"]) == 1
+    assert "checkpoint" in capsys.readouterr().err and not resumed.file("llc.json").exists()
 
 
 def _contents(path):

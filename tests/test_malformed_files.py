@@ -60,21 +60,35 @@ def _without_step(data: bytes) -> bytes:
     return data + (json.dumps(record) + "\n").encode()
 
 
+def _an_eval_mean_as_infinity(data: bytes) -> bytes:
+    lines = data.decode().splitlines()
+    records = [json.loads(line) for line in lines]
+    record = next(r for r in reversed(records) if "eval" in r)
+    means = next(iter(record["eval"]["distributions"].values()))["mse_mean"]
+    means[next(iter(means))] = float("inf")
+    return (data.decode() + json.dumps(record) + "\n").encode()
+
+
 def _wrong(text: str):
     return lambda data: text.encode()
 
 
 # (file, corruption: old bytes -> new bytes, words of the message)
-def _a_mean_as_text(data: bytes) -> bytes:
-    evaluation = json.loads(data)
-    means = next(iter(evaluation["distributions"].values()))["mse_mean"]
-    means[next(iter(means))] = "abc"
-    return json.dumps(evaluation).encode()
+def _a_mean_as(value):
+    def replace(data: bytes) -> bytes:
+        evaluation = json.loads(data)
+        means = next(iter(evaluation["distributions"].values()))["mse_mean"]
+        means[next(iter(means))] = value
+        return json.dumps(evaluation).encode()
+
+    return replace
 
 
 EVAL_CASES = [
     ("eval.json", lambda data: BINARY, "not UTF-8"),
-    ("eval.json", _a_mean_as_text, "is not a number"),
+    ("eval.json", _a_mean_as("abc"), "is not a finite number"),
+    ("eval.json", _a_mean_as(float("nan")), "is not a finite number"),
+    ("eval.json", _wrong('{"n": ' + "9" * 5000 + "}"), "more than 4300 digits"),
     ("eval.json", _truncated, "not valid JSON at line"),
     ("eval.json", _wrong("[1, 2]"), "'distributions' object"),
     ("eval.json", _wrong('{"distributions": 5}'), "'distributions' object"),
@@ -86,6 +100,7 @@ METRICS_CASES = [
     ("metrics.jsonl", lambda data: data + b"[1, 2]\n", "line 3: not a JSON object"),
     ("metrics.jsonl", _without_step, "line 3: no integer 'step'"),
     ("metrics.jsonl", lambda data: data + b'{"step": 6}\n', "line 3: 'eval' is not"),
+    ("metrics.jsonl", _an_eval_mean_as_infinity, "is not a finite number"),
 ]
 FAILED_CASES = [
     ("failed.json", _wrong('{"error": "boom"}'), "string 'traceback'"),
@@ -95,6 +110,7 @@ SWEEP_CASES = [
     ("sweep.json", _truncated, "not valid JSON"),
     ("sweep.json", _wrong("[]"), '{"runs": {run hash: {grid values}}}'),
     ("sweep.json", _wrong('{"runs": {"abc": 5}}'), '{"runs": {run hash: {grid values}}}'),
+    ("sweep.json", _wrong('{"runs": {"../../victim": {}}}'), "is not a run hash"),
 ]
 # Exit status of (status, results, plot): status shows no metrics and results none of a failed
 # run, so those read no such file and succeed; status lists a run with a corrupt eval.json or

@@ -25,6 +25,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         ("weight_decay=inf", "train.weight_decay = inf"),
         ("prior_std=inf", "task.prior_std = inf"),
         ("warmup_fraction=nan", "train.warmup_fraction = nan"),
+        ("steps=" + "9" * 5000, "override 'steps' is not valid"),  # Python reads <= 4300 digits
     ],
 )
 def test_values_that_are_not_finite_are_refused_before_any_work(tmp_path, capsys, override, named):
@@ -45,6 +46,7 @@ def test_values_that_are_not_finite_are_refused_before_any_work(tmp_path, capsys
     [
         # Finite, but beyond the float32 / int64 the run computes in (lr = 1e39 failed in Adam).
         ("tiny", "lr=1e39", "train.lr = 1e+39"),
+        ("tiny", "lr=1e38", "train.lr = 1e+38"),  # within float32, but Adam's step overflowed
         ("tiny", "weight_decay=1e300", "train.weight_decay = 1e+300"),
         ("tiny", "n_sequences=99999999999999999999", "eval.n_sequences = 99999999999999999999"),
         # Accepted before, then failed at the first evaluation, after the training steps.

@@ -51,6 +51,8 @@ def test_powers_of_two_range_and_hashes(tmp_path):
     ("grid", "extra", "message"),
     [
         ('n_tasks = ["2^3..2^1"]', "", "first exponent exceeds"),
+        ('n_tasks = ["2^0..2^3000000"]', "", "exponents are at most 62"),
+        ('"task.n_tasks" = [1]\nn_tasks = [2]', "", "both set task.n_tasks"),
         ("n_tasks = 4", "", "expected a non-empty list"),
         ("n_tasks = [0]", "", "n_tasks = 0 is not allowed"),
         ("widht = [3]", "", "widht"),
@@ -74,7 +76,10 @@ def test_bundled_sweep_specs_load():
 
 @pytest.mark.parametrize(
     "files, message",
-    [({"config.toml": "[task]\n"}, "holds a training run"), ({"notes.txt": "x"}, "notes.txt")],
+    [
+        ({"config.toml": "[task]\n"}, r"holds files \(config.toml\)"),
+        ({"notes.txt": "x"}, "notes.txt"),
+    ],
 )
 def test_sweep_refuses_a_directory_that_is_not_a_sweep(tmp_path, files, message):
     spec = load_spec(write_spec(tmp_path / "s.toml", "n_tasks = [1]"))

@@ -207,6 +207,11 @@ def test_outputs_are_never_overwritten(tmp_path, examples, short_regression_run,
     clash = tmp_path / "clash.json"  # the summary would be the same file
     assert cli("predict", short_regression_run, examples / "regression.csv", "--out", clash) == 2
     assert "would overwrite each other" in capsys.readouterr().err and not clash.exists()
+    for nothing in ("", ".", "/"):
+        assert (
+            cli("predict", short_regression_run, examples / "regression.csv", "--out", nothing) == 2
+        )
+        assert "names no file" in capsys.readouterr().err
 
 
 def test_runs_of_the_wrong_kind_are_refused(tmp_path, examples, short_regression_run, capsys):

@@ -15,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
+import sys
 import tomllib
 import types
 import typing
@@ -36,6 +38,9 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("triangle", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
+
+
+MAX_LR = 1e30  # far above any useful learning rate, below what overflows in float32
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class TrainConfig:
     def __post_init__(self):
         require(self.steps >= 1, "train.steps", self.steps, "an integer >= 1")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
-        require(self.lr > 0, "train.lr", self.lr, "a number > 0")
+        # Adam's step is lr / (1 - beta1^t), up to 10 lr, in float32: lr = 1e38 overflowed there.
+        require(0 < self.lr <= MAX_LR, "train.lr", self.lr, f"a number in (0, {MAX_LR:g}]")
         require(
             self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer, f"one of {OPTIMIZERS}"
         )
@@ -138,7 +144,9 @@ class RunConfig:
 
     def __post_init__(self):
         for section in SECTIONS:
-            require_finite(getattr(self, section), section)
+            instance = _with_annotated_types(section, getattr(self, section))
+            object.__setattr__(self, section, instance)  # frozen: set once, here
+            require_finite(instance, section)
         family_of(self.task).check_model(self.model, self.task)
 
     def to_dict(self) -> dict:
@@ -188,12 +196,13 @@ def _coerce(name: str, value, annotation):
         ]
     if annotation is bool:
         ok = isinstance(value, bool)
-    elif annotation is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is int:  # numbers.Integral: numpy's integers too (the Python API)
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        value = int(value) if ok else value
         if isinstance(value, float) and value.is_integer():
             value, ok = int(value), True
     elif annotation is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         value = float(value) if ok else value
         expected = "a finite number"
         ok = ok and math.isfinite(value)
@@ -202,6 +211,24 @@ def _coerce(name: str, value, annotation):
     if not ok:
         raise ConfigError(f"{name} = {value!r} is not allowed: expected {expected}")
     return value
+
+
+def _with_annotated_types(section: str, instance):
+    """instance with every field in its annotated type, as a config file's values are (_coerce):
+    sections built in Python (dataclasses.replace, the constructors) skip that conversion, so
+    n_tasks = 2.5 or steps = "20" must be refused here, before any run directory is written."""
+    if not dataclasses.is_dataclass(instance) or isinstance(instance, type):
+        raise ConfigError(
+            f"[{section}] is not allowed: expected a config section, got {instance!r}"
+        )
+    hints = typing.get_type_hints(type(instance))
+    changed = {}
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        converted = _coerce(f"{section}.{f.name}", value, hints[f.name])
+        if type(converted) is not type(value) or converted != value:
+            changed[f.name] = converted
+    return dataclasses.replace(instance, **changed) if changed else instance
 
 
 def _build_section(section: str, values: dict):
@@ -246,8 +273,17 @@ def _parse_float(literal: str) -> float | str:
     return value
 
 
-def _parse_toml(text: str) -> dict:
-    return tomllib.loads(text, parse_float=_parse_float)
+def _parse_toml(text: str, source: str) -> dict:
+    """TOML text of `source` (named in the error of an integer too long for Python to read)."""
+    try:
+        return tomllib.loads(text, parse_float=_parse_float)
+    except tomllib.TOMLDecodeError:
+        raise
+    except ValueError:
+        limit = sys.get_int_max_str_digits()
+        raise ConfigError(
+            f"{source} is not valid: it holds an integer of more than {limit} digits"
+        ) from None
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -256,7 +292,7 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"override {text!r} is not allowed: write it as key=value")
     key, raw = (part.strip() for part in text.split("=", 1))
     try:
-        value = _parse_toml(f"v = {raw}")["v"]
+        value = _parse_toml(f"v = {raw}", f"override {key!r}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
     return key, value
@@ -269,6 +305,7 @@ def apply_overrides(data: dict, overrides: Mapping[str, object] | Sequence[str])
         raise ConfigError(f"overrides {overrides!r}: give a list of key=value strings or a dict")
     data = {section: dict(values) for section, values in data.items()}
     pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    spelled: dict[tuple[str, str], str] = {}  # a later value of the same key wins
     for key, value in pairs:
         section, _, name = key.rpartition(".")
         if not section:
@@ -276,6 +313,10 @@ def apply_overrides(data: dict, overrides: Mapping[str, object] | Sequence[str])
         if section not in SECTIONS:
             raise ConfigError(
                 f"unknown section in {key!r}; allowed sections: {', '.join(SECTIONS)}"
+            )
+        if spelled.setdefault((section, name), key) != key:
+            raise ConfigError(
+                f"{spelled[section, name]!r} and {key!r} both set {section}.{name}: give it once"
             )
         data.setdefault(section, {})[name] = value
     return data
@@ -321,7 +362,7 @@ def read_toml(path: str | Path) -> dict:
             f"config file {str(path)!r} does not exist (presets: {', '.join(preset_names())})"
         )
     try:
-        return _parse_toml(path.read_text())
+        return _parse_toml(path.read_text(), f"config file {str(path)!r}")
     except UnicodeDecodeError:
         raise ConfigError(
             f"config file {str(path)!r} is not valid TOML: it is not UTF-8 text"

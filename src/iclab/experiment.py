@@ -1,5 +1,6 @@
 """One run end to end: train, evaluate on the full evaluation set, write eval.json."""
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -88,7 +89,11 @@ def evaluate_run(
             "(or copy it elsewhere first)"
         )
     config, model, task = load_trained(run)
-    evaluation = evaluate_as_configured(model, task, config, n_sequences or config.eval.n_sequences)
+    if n_sequences is not None:  # checked as eval.n_sequences is: an integer >= 1
+        config = dataclasses.replace(
+            config, eval=dataclasses.replace(config.eval, n_sequences=n_sequences)
+        )
+    evaluation = evaluate_as_configured(model, task, config, config.eval.n_sequences)
     _plot(config, evaluation, run.file(REEVALUATION_FIGURE))
     return evaluation, run.write_reevaluation(evaluation)
 

@@ -3,8 +3,11 @@ leaves a half-written file behind, and a reader sees the old file or the new one
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+from iclab.validation import ConfigError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -44,6 +47,23 @@ def write_json(path: str | Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+def require_empty(directory: str | Path, missing: str, ignore: tuple[str, ...] = ()) -> None:
+    """ConfigError unless directory is new or holds nothing but the names in ignore: an output
+    directory that lacks `missing` (what would make it one of ours, e.g. "no sweep (sweep.json)")
+    is never mixed with someone else's files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    names = sorted(p.name for p in directory.iterdir() if p.name not in ignore)
+    if not names:
+        return
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise ConfigError(
+        f"{str(directory)!r} holds files ({shown}) but {missing}; choose an empty or new "
+        "directory for --out"
+    )
+
+
 class CorruptFile(RuntimeError):
     """A file iclab wrote cannot be read back: not UTF-8, not JSON, or not of the shape expected.
     The message names the file (and so the run or sweep directory it is in)."""
@@ -69,6 +89,10 @@ def _parse(text: str, path, what: str, line: int | None = None):
     except json.JSONDecodeError as error:
         at = error.lineno if line is None else line
         raise corrupt(path, what, f"not valid JSON at line {at}: {error.msg}") from None
+    except ValueError:  # an integer of more digits than Python converts
+        at = "" if line is None else f" at line {line}"
+        limit = sys.get_int_max_str_digits()
+        raise corrupt(path, what, f"an integer{at} has more than {limit} digits") from None
 
 
 def read_json(path: str | Path, what: str):

@@ -49,8 +49,10 @@ def analyze(
     of the GD families, GD_STEPS where None. llc (a run directory): also the local learning
     coefficient at each checkpoint the run kept (iclab.llc, llc_steps SGLD steps per chain;
     llc.json and llc.png)."""
+    from iclab.checkpoints import verify_checkpoint
     from iclab.sweeps.store import SWEEP_FILE
     from iclab.training import RunDirectory
+    from iclab.training.run_directory import CHECKPOINT_FILE
 
     run = RunDirectory(run_dir)
     regression_options = {} if gd_steps is None else {"gd_steps": gd_steps}
@@ -68,11 +70,14 @@ def analyze(
         )
     if not run.has_checkpoint():
         raise ConfigError(f"{str(run.path)!r} has no checkpoint to analyse: train the run first")
-    family = run.config().task.family
+    config = run.config()
+    # A damaged checkpoint fails here, before the --llc part writes its results.
+    verify_checkpoint(run.file(CHECKPOINT_FILE), config.run_hash())
+    family = config.task.family
     if regression_options and family != "regression":
         raise ConfigError(
-            f"--gd-steps is an option of the regression analysis; {str(run.path)!r} is a "
-            f"{family} run: leave the option out"
+            f"--gd-steps is an option of the regression analysis; {str(run.path)!r} is a run of "
+            f"task.family = {family!r}: leave the option out"
         )
     if family not in ("regression", "autoregressive"):
         raise ConfigError(

@@ -24,6 +24,7 @@ from pathlib import Path
 from iclab.config import ConfigError, RunConfig, read_toml, resolve_config_path
 from iclab.config import load_config as load_run_config
 
+MAX_EXPONENT = 62
 POWER_RANGE = re.compile(r"^\s*2\^(\d+)\s*\.\.\s*2\^(\d+)\s*$")
 SPEC_KEYS = ("base", "ensemble", "set", "grid", "threshold")
 
@@ -90,6 +91,11 @@ def expand_values(key: str, values) -> list:
                 raise ConfigError(
                     f"grid.{key} range {value!r} is not allowed: the first exponent exceeds the "
                     "second"
+                )
+            if high > MAX_EXPONENT:  # checked before the range is expanded
+                raise ConfigError(
+                    f"grid.{key} range {value!r} is not allowed: exponents are at most "
+                    f"{MAX_EXPONENT} (config integers are int64)"
                 )
             expanded += [2**exponent for exponent in range(low, high + 1)]
         else:

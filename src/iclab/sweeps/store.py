@@ -7,19 +7,21 @@ A run is complete when its eval.json exists; every file is written atomically an
 so a killed sweep never leaves a half-written result and never redoes a complete run.
 """
 
+import re
 from pathlib import Path
 
-from iclab.files import corrupt, read_json, write_json
+from iclab.files import corrupt, read_json, require_empty, write_json
 from iclab.locks import LOCK_FILE
-from iclab.training.run_directory import CONFIG_FILE, RESUME_FILES, RunDirectory
+from iclab.training.run_directory import RESUME_FILES, RunDirectory
 from iclab.validation import ConfigError
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
+RUN_HASH = re.compile("[0-9a-f]{12}")
 
 
 class SweepError(RuntimeError):
-    """A sweep directory is missing, not a sweep, or lacks the runs asked for."""
+    """A sweep's runs failed, or its directory lacks the completed runs a study needs."""
 
 
 class SweepStore:
@@ -33,8 +35,8 @@ class SweepStore:
         """hash -> grid values of every run registered in this directory, in order."""
         path = self.out_dir / SWEEP_FILE
         if not path.exists():
-            if must_exist:
-                raise SweepError(
+            if must_exist:  # a wrong path given: a user error
+                raise ConfigError(
                     f"{str(self.out_dir)!r} is not a sweep directory (no {SWEEP_FILE})"
                 )
             return {}
@@ -42,6 +44,9 @@ class SweepStore:
         runs = index.get("runs") if isinstance(index, dict) else None
         if not (isinstance(runs, dict) and all(isinstance(v, dict) for v in runs.values())):
             raise corrupt(path, "sweep index", 'expected {"runs": {run hash: {grid values}}}')
+        # The hashes name run directories: anything else could point outside the sweep.
+        if bad := [key for key in runs if not RUN_HASH.fullmatch(key)]:
+            raise corrupt(path, "sweep index", f"{bad[0]!r} is not a run hash (12 hex digits)")
         return runs
 
     def register(self, runs) -> None:
@@ -49,7 +54,7 @@ class SweepStore:
         without sweep.json must be new or empty (its lock file aside): nothing else's files are
         mixed with a sweep's."""
         if not (self.out_dir / SWEEP_FILE).exists():
-            self._require_empty()
+            require_empty(self.out_dir, f"no sweep ({SWEEP_FILE})", ignore=(LOCK_FILE,))
         known = self.grid_values(must_exist=False)
         for sweep_run in runs:
             known.setdefault(sweep_run.run_hash, sweep_run.grid_values)
@@ -57,21 +62,6 @@ class SweepStore:
             if not run.has_config():
                 run.write_config(sweep_run.config)
         write_json(self.out_dir / SWEEP_FILE, {"runs": known})
-
-    def _require_empty(self) -> None:
-        if not self.out_dir.is_dir():
-            return
-        names = sorted(p.name for p in self.out_dir.iterdir() if p.name != LOCK_FILE)
-        if not names:
-            return
-        if CONFIG_FILE in names:
-            what = "a training run"
-        else:
-            what = f"files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-        raise ConfigError(
-            f"{str(self.out_dir)!r} holds {what} but no sweep ({SWEEP_FILE}); choose an empty or "
-            "new directory for --out"
-        )
 
     def write_checkpoint_files(self, run_hash: str, files: dict[str, bytes]) -> None:
         """A worker's checkpoint report; ignored once the run is complete."""

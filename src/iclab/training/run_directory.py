@@ -13,6 +13,7 @@ Training, evaluation, analysis and sweeps open and write runs through this class
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -66,12 +67,14 @@ def _evaluation_problem(evaluation) -> str | None:
             for estimator, values in table.items():
                 numbers = values if key in labels and isinstance(values, list) else [values]
                 if not all(_is_number(v) for v in numbers):
-                    return f"{name}.{key}.{estimator} is not a number or a list of numbers"
+                    return f"{name}.{key}.{estimator} is not a finite number or a list of them"
     return None
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number: evaluations never hold NaN or infinities (a run stops at a
+    non-finite loss), so one that does was damaged."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _metrics_problem(record) -> str | None:

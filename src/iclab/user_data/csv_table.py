@@ -122,6 +122,15 @@ def _flat(numbers) -> list[float]:
     return [numbers]
 
 
+def output_file(out: str | Path | None, default: str) -> Path:
+    """The --out path (default: `default` in the working directory); DataError if it names no
+    file ("", ".", "/", "..")."""
+    path = Path(default if out is None else out)
+    if path.name in ("", ".", ".."):
+        raise DataError(f"--out {str(out)!r} names no file: give a file name such as {default!r}")
+    return path
+
+
 def refuse_existing(*paths: Path) -> None:
     """Outputs are never written over: a DataError if any of paths exists or two are one."""
     if len({path.resolve() for path in paths}) < len(paths):

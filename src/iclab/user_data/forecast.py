@@ -24,7 +24,13 @@ from iclab.plots import plt, save_figure
 from iclab.results import format_table
 from iclab.training import RunDirectory
 from iclab.user_data import trained_run
-from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite_results
+from iclab.user_data.csv_table import (
+    DataError,
+    output_file,
+    read_table,
+    refuse_existing,
+    require_finite_results,
+)
 
 PERSISTENCE = "Persistence"
 NORM_SEQUENCES = 1024  # training sequences that measure the run's state norm
@@ -117,7 +123,7 @@ def forecast_csv(run_dir: str | Path, data: str | Path, out: str | Path | None =
             f"{str(table.path)!r} has {len(table.rows)} rows; the run's window is n_steps = "
             f"{window} states, so at least {window + 1} rows are needed for one checked forecast"
         )
-    out = Path(out) if out is not None else Path(f"{table.path.stem}_forecast.csv")
+    out = output_file(out, f"{table.path.stem}_forecast.csv")
     paths = [out, out.with_suffix(".json"), out.with_suffix(".png")]
     refuse_existing(*paths)
 

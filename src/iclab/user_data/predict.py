@@ -25,7 +25,13 @@ from iclab.files import atomic_write_text, write_json
 from iclab.results import format_table
 from iclab.training import RunDirectory
 from iclab.user_data import trained_run
-from iclab.user_data.csv_table import DataError, read_table, refuse_existing, require_finite_results
+from iclab.user_data.csv_table import (
+    DataError,
+    output_file,
+    read_table,
+    refuse_existing,
+    require_finite_results,
+)
 
 MIN_CONTEXT = 3  # leave-one-out standardises with two rows
 
@@ -162,7 +168,7 @@ def predict_csv(
             f"the run sees {room} examples before a query; at least {MIN_CONTEXT} are needed"
         )
     kept = context[-room:]
-    out = Path(out) if out is not None else Path(f"{table.path.stem}_predictions.csv")
+    out = output_file(out, f"{table.path.stem}_predictions.csv")
     summary = out.with_suffix(".json")
     refuse_existing(out, summary)
 

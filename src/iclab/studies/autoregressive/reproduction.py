@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from iclab.files import write_json
+from iclab.files import require_empty, write_json
 from iclab.studies.autoregressive.figures import plot_head_cosines
 from iclab.studies.autoregressive.parts import (
     Check,
@@ -23,6 +23,7 @@ from iclab.studies.autoregressive.parts import (
     part_pe_only,
 )
 from iclab.studies.autoregressive.report import write_report
+from iclab.sweeps.store import SWEEP_FILE
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ def reproduce_autoregressive(
     docstring. threads: torch threads while it runs (these tiny models gain nothing from more)."""
     out = Path(out)
     runs = out / "runs"
+    # OUT is new, empty, or an earlier reproduction of this study (whose runs it reuses); a
+    # task-diversity sweep has runs/ and a report too, but also sweep.json.
+    earlier = (runs.is_dir() or (out / "report.json").exists()) and not (out / SWEEP_FILE).exists()
+    if not earlier:
+        require_empty(out, "no reproduction of this study (runs/, report.json)")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     started = time.perf_counter()

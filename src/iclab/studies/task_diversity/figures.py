@@ -13,8 +13,13 @@ from iclab.studies.task_diversity.smoothing import read_smoothing
 from iclab.studies.task_diversity.threshold import read_threshold
 from iclab.sweeps.store import SweepError, SweepStore
 from iclab.sweeps.table import results_rows
+from iclab.validation import ConfigError
 
 DISTRIBUTION_TITLES = {"pretrain": "pretraining pool", "true": "true prior (new tasks)"}
+
+
+def _m_text(n_tasks: int | None) -> str:
+    return "inf" if n_tasks is None else str(n_tasks)
 
 
 def delta_label(pair: str) -> str:
@@ -109,8 +114,13 @@ def plot_sweep(
         step = max(1, len(at_largest) // 4)
         n_tasks_shown = list(dict.fromkeys(at_largest[::step][:3] + at_largest[-1:]))
     missing = [m for m in n_tasks_shown if (batch_sizes[-1], m) not in runs]
-    if missing:
-        raise SweepError(f"no completed run with M in {missing} at batch size {batch_sizes[-1]}")
+    if missing:  # a value of --m: a user error
+        done = [m for m in order if (batch_sizes[-1], m) in runs]
+        raise ConfigError(
+            f"--m {' '.join(map(_m_text, missing))} is not allowed: no completed run "
+            f"with that M at batch size {batch_sizes[-1]} (completed: "
+            f"{' '.join(map(_m_text, done))})"
+        )
     evaluations = {m: store.run(runs[batch_sizes[-1], m]).evaluation() for m in n_tasks_shown}
     task_config = store.run(runs[batch_sizes[-1], order[0]]).config().task
     pairs = study_pairs(task_config)

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import iclab
+import iclab.user_data.forecast as forecast_module
+import iclab.user_data.predict as predict_module
 from iclab.cli import main
 from iclab.user_data.csv_table import MAX_BYTES, MAX_MAGNITUDE
 from iclab.user_data.example_data import (
@@ -70,7 +72,7 @@ def read_csv(path):
 
 
 def test_predict_on_the_example_data_matches_a_direct_computation(
-    examples, short_regression_run, tmp_path, capsys
+    examples, short_regression_run, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "predictions.csv"
     assert cli("predict", short_regression_run, examples / "regression.csv", "--out", out) == 0
@@ -97,6 +99,13 @@ def test_predict_on_the_example_data_matches_a_direct_computation(
         np.testing.assert_allclose(written, expected[name].tolist(), rtol=1e-4, atol=1e-5)
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["context_rows_used"] == kept and summary["queries"] == QUERY_ROWS
+    # Many queries go in chunks, with the same predictions as at once.
+    monkeypatch.setattr(predict_module, "QUERIES_PER_CHUNK", 3)
+    chunked = in_context_predictions(
+        predictors_of(run.config, run.model), xs, ys, torch.tensor(queries), scale
+    )
+    for name, values in expected.items():
+        torch.testing.assert_close(chunked[name], values, rtol=1e-5, atol=1e-6)
 
 
 def test_least_squares_recovers_an_exact_linear_rule_in_the_data_units(short_regression_run):
@@ -140,7 +149,7 @@ def orthogonal_run(tmp_path_factory):
     return iclab.train(iclab.load_config("autoregressive-linear", overrides), out, progress=False)
 
 
-def test_forecast_the_example_series(examples, orthogonal_run, tmp_path, capsys):
+def test_forecast_the_example_series(examples, orthogonal_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "forecast.csv"
     assert cli("forecast", orthogonal_run.path, examples / "series.csv", "--out", out) == 0
     assert "one-step forecasts checked" in capsys.readouterr().out
@@ -153,6 +162,17 @@ def test_forecast_the_example_series(examples, orthogonal_run, tmp_path, capsys)
     window = orthogonal_run.config.task.n_steps
     assert rows[1][0] == str(window) and len(rows) == 1 + 60 - window + 1
     assert out.with_suffix(".png").stat().st_size > 10_000
+    # Many windows go in chunks, with the same forecasts as at once.
+    series = torch.tensor(
+        [[float(v) for v in row] for row in read_csv(examples / "series.csv")[1:]]
+    )
+    predictors = forecast_module.predictors_of(orthogonal_run.config, orthogonal_run.model)
+    norm = forecast_module.training_norm(orthogonal_run.task)
+    whole = forecast_module.window_forecasts(predictors, series, window, norm)
+    monkeypatch.setattr(forecast_module, "WINDOWS_PER_CHUNK", 7)
+    chunked = forecast_module.window_forecasts(predictors, series, window, norm)
+    for name, values in whole.items():
+        torch.testing.assert_close(chunked[name], values)
 
 
 def bad_file(tmp_path, text: str):

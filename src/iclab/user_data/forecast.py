@@ -61,19 +61,23 @@ def training_norm(task) -> float:
     return float(states[:, :-1].abs().square().sum(-1).mean().sqrt())
 
 
+WINDOWS_PER_CHUNK = 4096  # windows forecast at a time
+
+
 @torch.inference_mode()
 def window_forecasts(
     predictors: dict, series: torch.Tensor, length: int, norm: float
 ) -> dict[str, torch.Tensor]:
     """Each predictor's forecast of s_{t+1} for t = length - 1, ..., N - 1 from the window of the
     `length` states up to s_t: (N - length + 1, d) per predictor, in the series' units."""
-    windows = series.unfold(0, length, 1).transpose(1, 2)  # (N - length + 1, length, d)
-    rms = windows.square().sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
-    scaled = windows / rms * norm
-    return {
-        name: predict(scaled, None)[:, -1].real.float() / norm * rms[:, 0]
-        for name, predict in predictors.items()
-    }
+    windows = series.unfold(0, length, 1).transpose(1, 2)  # (N - length + 1, length, d): a view
+    forecasts = {name: [] for name in predictors}
+    for chunk in windows.split(WINDOWS_PER_CHUNK):  # memory stays that of one chunk
+        rms = chunk.square().sum(-1).mean(-1).sqrt().clamp_min(1e-12)[:, None, None]
+        scaled = chunk / rms * norm
+        for name, predict in predictors.items():
+            forecasts[name].append(predict(scaled, None)[:, -1].real.float() / norm * rms[:, 0])
+    return {name: torch.cat(parts) for name, parts in forecasts.items()}
 
 
 @dataclass

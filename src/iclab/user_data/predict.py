@@ -86,12 +86,23 @@ def predictors_of(config, model) -> dict:
     }
 
 
+# Queries are predicted this many at a time (one sequence each): a file of 300k queries took
+# 19 GB at once.
+QUERIES_PER_CHUNK = 4096
+
+
 @torch.inference_mode()
 def in_context_predictions(
     predictors: dict, xs: torch.Tensor, ys: torch.Tensor, queries: torch.Tensor, y_scale: float
 ) -> dict[str, torch.Tensor]:
     """Each predictor's prediction (data units) for each query row (n_queries, n_dims) after the
     context xs (n_context, n_dims), ys (n_context,)."""
+    if len(queries) > QUERIES_PER_CHUNK:  # memory stays that of one chunk's sequences
+        chunks = [
+            in_context_predictions(predictors, xs, ys, chunk, y_scale)
+            for chunk in queries.split(QUERIES_PER_CHUNK)
+        ]
+        return {name: torch.cat([chunk[name] for chunk in chunks]) for name in predictors}
     xs, ys, queries = xs.double(), ys.double(), queries.double()  # data units can be large
     scale = Standardisation.of(xs, ys, y_scale)
     n, c = len(queries), len(xs)

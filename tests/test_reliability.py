@@ -251,6 +251,24 @@ def test_resuming_a_complete_run_rewrites_nothing(tmp_path, capsys):
     assert files() == before
 
 
+def test_more_work_at_once_than_memory_holds_is_one_message(tmp_path, capsys):
+    run = tmp_path / "run"
+    small = ["steps=2", "eval_every=2", "checkpoint_every=2", "n_sequences=64", "eval_sequences=32"]
+    overrides = [a for s in [*small, "n_tasks=16"] for a in ("--set", s)]
+    assert main(["train", "tiny", "--out", str(run), "--no-progress", *overrides]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    huge = str(10**13)  # beyond the 128 TiB address space: refused whatever the overcommit policy
+    for args in (
+        ["analyze", str(run), "--n-sequences", huge],
+        ["interpolate", str(run), "--pairs", huge],
+    ):
+        code, text = run_cli(args, capsys)
+        assert code == 2 and text.startswith("iclab: out of memory (you tried to allocate")
+        assert text.count("\n") == 1  # one line, no traceback
+    assert snapshot(tmp_path) == before
+
+
 def test_a_write_that_fails_names_the_file_not_its_temporary(tmp_path, monkeypatch):
     import errno
     import tempfile

@@ -437,6 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _memory_shortage(error: BaseException) -> str | None:
+    """What could not be allocated, if error is an allocation failure: Python's MemoryError,
+    torch's CUDA OutOfMemoryError, or the RuntimeError of its CPU allocator; else None. Commands
+    that size their work from a count check what they can (training: check_memory); this is the
+    one message for the rest."""
+    text = str(error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return text.split("\n")[0][:200] or "MemoryError"
+    if "can't allocate memory" in text:
+        return text[text.index("you tried") :].split(".")[0] if "you tried" in text else text[:200]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its options belong to the benchmarks, --help included
@@ -457,6 +470,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, CorruptFile, TrainingDiverged, SweepError) as error:
         print(f"iclab: {error}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as error:
+        if (shortage := _memory_shortage(error)) is None:
+            raise
+        print(
+            f"iclab: out of memory ({shortage}): ask for less at once (fewer sequences, pairs or "
+            "steps, a smaller model)",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     except KeyboardInterrupt:
         print(
             "\niclab: interrupted; completed runs and the checkpoints written so far (if any) "

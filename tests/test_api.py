@@ -45,7 +45,7 @@ def test_the_readme_example_runs_and_its_run_reopens(tmp_path, monkeypatch, caps
     assert pretrain[-1] < 0.5 * pretrain[0]
 
 
-def test_overrides_as_strings_or_a_mapping_give_the_same_config():
+def test_overrides_as_strings_or_a_mapping_and_bad_api_arguments():
     as_strings = iclab.load_config("tiny", ["n_tasks=inf", "train.steps=30"])
     as_mapping = iclab.load_config("tiny", {"task.n_tasks": None, "train.steps": 30})
     assert as_strings == as_mapping and as_mapping.task.n_tasks is None
@@ -53,6 +53,15 @@ def test_overrides_as_strings_or_a_mapping_give_the_same_config():
         iclab.load_config("tiny", "steps=30")
     with pytest.raises(ConfigError, match="n_tasks"):
         iclab.load_config("tiny", {"task.n_tasks": 0})
+    for overrides in (None, [5], {5: 1}):
+        with pytest.raises(ConfigError, match="list of key=value strings or a dict"):
+            iclab.load_config("tiny", overrides)
+    with pytest.raises(ConfigError, match="give a preset name or the path"):
+        iclab.load_config(5)
+    with pytest.raises(ConfigError, match="give a RunConfig"):
+        iclab.train("tiny")
+    with pytest.raises(ConfigError, match="executor 5"):
+        iclab.sweep(ROOT / "sweeps" / "task_diversity_cpu.toml", "unused", executor=5)
 
 
 def test_sections_built_in_python_are_checked_and_converted_as_from_a_file(tmp_path):

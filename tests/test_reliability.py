@@ -129,6 +129,15 @@ def test_malformed_config_files_name_the_file(tmp_path, capsys, content, named):
     assert snapshot(tmp_path) == before
 
 
+def test_a_config_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    from iclab.config import load_config
+
+    text = "[train]\nsteps = 7\n"
+    (tmp_path / "plain.toml").write_text(text)
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert load_config(tmp_path / "bom.toml") == load_config(tmp_path / "plain.toml")
+
+
 def test_a_sweep_base_of_random_bytes_names_the_file(tmp_path, capsys):
     (tmp_path / "base.toml").write_bytes(bytes(range(256)) * 4)
     spec = tmp_path / "s.toml"

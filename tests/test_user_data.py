@@ -216,6 +216,8 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path, short_regression_run
         file.truncate(MAX_BYTES + 1)  # sparse: no disk used
     assert cli("predict", short_regression_run, data, "--out", tmp_path / "out.csv") == 2
     assert "MiB is read" in capsys.readouterr().err
+    assert cli("predict", short_regression_run, tmp_path, "--out", tmp_path / "out.csv") == 2
+    assert "is a directory, not a CSV file" in capsys.readouterr().err
 
 
 def test_outputs_are_never_overwritten(tmp_path, examples, short_regression_run, capsys):

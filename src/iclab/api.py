@@ -147,6 +147,8 @@ def train(
     log_to: "tensorboard" or "wandb" mirrors its evaluations and figures (iclab.tracking)."""
     from iclab.experiment import run
 
+    if not isinstance(config, RunConfig):
+        raise _config.ConfigError(f"config {config!r}: give a RunConfig (iclab.load_config)")
     out = Path("runs") / config.run_hash() if out is None else out
     run(config, out, resume=resume, progress=progress, log_to=log_to)
     return Run(out)
@@ -172,6 +174,11 @@ def sweep(
         spec = load_spec(spec)
     if executor is None or isinstance(executor, str):
         executor = make_executor(executor or "local")
+    if not callable(getattr(executor, "run", None)):
+        raise _config.ConfigError(
+            f"executor {executor!r}: give None, 'local', 'ray' or an executor of "
+            "iclab.sweeps.executors"
+        )
     return run_sweep(spec, out, executor, retry_failed, progress, log_to)
 
 

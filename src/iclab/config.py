@@ -301,7 +301,8 @@ def parse_override(text: str) -> tuple[str, object]:
 def apply_overrides(data: dict, overrides: Mapping[str, object] | Sequence[str]) -> dict:
     """Return a copy of nested config data with overrides applied: `key=value` strings, or a
     mapping of keys to values (the Python API's)."""
-    if isinstance(overrides, str):
+    keys = list(overrides) if isinstance(overrides, Mapping | list | tuple) else [None]
+    if not all(isinstance(key, str) for key in keys):
         raise ConfigError(f"overrides {overrides!r}: give a list of key=value strings or a dict")
     data = {section: dict(values) for section, values in data.items()}
     pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
@@ -362,7 +363,8 @@ def read_toml(path: str | Path) -> dict:
             f"config file {str(path)!r} does not exist (presets: {', '.join(preset_names())})"
         )
     try:
-        return _parse_toml(path.read_text(), f"config file {str(path)!r}")
+        # utf-8-sig: a byte-order mark (some Windows editors write one) is not TOML
+        return _parse_toml(path.read_text(encoding="utf-8-sig"), f"config file {str(path)!r}")
     except UnicodeDecodeError:
         raise ConfigError(
             f"config file {str(path)!r} is not valid TOML: it is not UTF-8 text"
@@ -376,6 +378,8 @@ def load_config(
 ) -> RunConfig:
     """Read a TOML config file (or a preset name), apply overrides (`key=value` strings or a
     mapping of keys to values), validate."""
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"config {path!r}: give a preset name or the path of a TOML file")
     data = read_toml(path)
     check_sections(data, f" in config file {str(resolve_config_path(path))!r}")
     return config_from_dict(apply_overrides(data, overrides))

@@ -45,6 +45,8 @@ class Table:
 def read_table(path: str | Path, what: str) -> Table:
     """The CSV at path (`what` names its role in messages, e.g. "data file")."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {str(path)!r} is a directory, not a CSV file")
     if not path.is_file():
         raise DataError(f"{what} {str(path)!r} does not exist")
     size = path.stat().st_size

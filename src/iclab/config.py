@@ -26,7 +26,14 @@ from pathlib import Path
 
 from iclab.families import default_family, family_named, family_of
 from iclab.models.configs import MODEL_CONFIGS
-from iclab.validation import ConfigError, added_field, identity_fields, require, require_finite
+from iclab.validation import (
+    ConfigError,
+    added_field,
+    identity_fields,
+    require,
+    require_finite,
+    shown,
+)
 
 INFINITE_TASKS = "inf"
 
@@ -209,7 +216,7 @@ def _coerce(name: str, value, annotation):
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"{name} = {value!r} is not allowed: expected {expected}")
+        raise ConfigError(f"{name} = {shown(value)} is not allowed: expected {expected}")
     return value
 
 

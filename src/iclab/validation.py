@@ -13,10 +13,17 @@ class ConfigError(ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 
+def shown(value) -> str:
+    """repr(value) for a message, its middle cut out beyond 200 characters (a 100 kB value is
+    not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= 200 else f"{text[:100]}...({len(text) - 200} more)...{text[-100:]}"
+
+
 def require(condition: bool, name: str, value, allowed: str) -> None:
     """Raise ConfigError("NAME = VALUE is not allowed: ALLOWED") unless condition holds."""
     if not condition:
-        raise ConfigError(f"{name} = {value!r} is not allowed: {allowed}")
+        raise ConfigError(f"{name} = {shown(value)} is not allowed: {allowed}")
 
 
 # Config numbers end up in float32 and int64 tensors and torch scalars; larger ones overflow there
@@ -31,7 +38,7 @@ def require_finite(instance, section: str) -> None:
     diversity is n_tasks = None)."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
-        name = f"{section}.{f.name} = {value!r} is not allowed"
+        name = f"{section}.{f.name} = {shown(value)} is not allowed"
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name}: expected a finite number")
         if isinstance(value, float) and abs(value) > LARGEST_FLOAT:

@@ -119,4 +119,4 @@ def test_iclab_tstar_writes_the_table_and_figure_of_a_sweep(tmp_path, capsys):
         line.split()[1] for line in table.splitlines() if line.strip().startswith(("1 ", "4 "))
     }
     assert steps <= {"4", "6", "8", "11", "16", "23", "32"}  # evaluation steps of the schedule
-    assert main(["tstar", str(tmp_path / "nothing")]) == 1
+    assert main(["tstar", str(tmp_path / "nothing")]) == 2  # not a sweep: a user error

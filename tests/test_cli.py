@@ -7,7 +7,7 @@ import pytest
 from helpers import snapshot, tiny_overrides
 
 import iclab
-from iclab.cli import main
+from iclab.cli import build_parser, main
 from iclab.config import ConfigError
 
 CONFIG = """
@@ -167,6 +167,11 @@ def test_sweep_commands_end_to_end(tmp_path, capsys):
     assert main(["plot", str(out), "--m", "1", "2", "--pdf"]) == 0
     assert (out / "task_diversity.pdf").stat().st_size > 5_000
     assert main(["plot", str(out), "--m", "3"]) == 2
+    assert build_parser().parse_args(["plot", "d", "--m", "1", "Inf", "infinity"]).m == [
+        1,
+        None,
+        None,
+    ]
     assert "--m 3 is not allowed: no completed run with that M" in capsys.readouterr().err
     # Nothing new to train the second time.
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0

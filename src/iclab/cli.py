@@ -244,8 +244,8 @@ _fraction = _number_in("a number in [0, 1]", lambda value: 0 <= value <= 1)
 
 
 def _task_diversity(text: str) -> int | None:
-    """M: an integer >= 1, or inf (None)."""
-    return None if text == "inf" else _positive_int(text)
+    """M: an integer >= 1, or inf (None), spelt as config values may be (inf, Inf, infinity)."""
+    return None if text.lower() in ("inf", "infinity") else _positive_int(text)
 
 
 def _add_executor_options(parser) -> None:

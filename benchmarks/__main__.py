@@ -9,6 +9,7 @@ exists or cannot be written.
 
 import argparse
 import importlib
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -97,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.threads is not None:
-        if args.threads < 1:
-            print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+        cores = os.cpu_count() or 1
+        if not 1 <= args.threads <= cores:  # 100000 crashed torch (a segfault, no message)
+            print(
+                f"--threads must be from 1 to the {cores} cores, got {args.threads}",
+                file=sys.stderr,
+            )
             return 2
         torch.set_num_threads(args.threads)
     env = environment()

@@ -206,6 +206,24 @@ def test_bad_command_line_values_are_refused_before_any_work(tmp_path, capsys, a
     assert snapshot(tmp_path) == before
 
 
+def test_more_threads_than_cores_are_refused_before_any_work(tmp_path, capsys):
+    spec = (
+        Path(__file__).parents[1]
+        / "src"
+        / "iclab"
+        / "presets"
+        / "sweeps"
+        / "task_diversity_cpu.toml"
+    )
+    before = snapshot(tmp_path)
+    args = ["sweep", str(spec), "--out", str(tmp_path / "out"), "--threads-per-run", "100000"]
+    code, text = run_cli(args, capsys)  # 100000 threads crashed torch: a segfault, no message
+    assert code == 2 and "--threads-per-run = 100000 is not allowed" in text
+    assert snapshot(tmp_path) == before
+    assert main(["bench", "train_step", "--threads", "100000"]) == 2
+    assert "--threads must be from 1 to the" in capsys.readouterr().err
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     import iclab.cli
 

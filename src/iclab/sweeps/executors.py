@@ -45,9 +45,11 @@ class LocalExecutor:
         workers = 1, else the cores shared out among the workers."""
         if workers < 1:
             raise ConfigError(f"--workers = {workers} is not allowed: expected an integer >= 1")
-        if threads_per_run is not None and threads_per_run < 1:
-            raise ConfigError(
-                f"--threads-per-run = {threads_per_run} is not allowed: expected an integer >= 1"
+        cores = os.cpu_count() or 1
+        if threads_per_run is not None and not 1 <= threads_per_run <= cores:
+            raise ConfigError(  # 100000 threads crashed torch (a segfault, no message)
+                f"--threads-per-run = {threads_per_run} is not allowed: expected an integer from 1 "
+                f"to this machine's {cores} cores"
             )
         self.workers = workers
         if threads_per_run is None and workers == 1:

@@ -167,12 +167,14 @@ def test_sweep_commands_end_to_end(tmp_path, capsys):
     assert main(["plot", str(out), "--m", "1", "2", "--pdf"]) == 0
     assert (out / "task_diversity.pdf").stat().st_size > 5_000
     assert main(["plot", str(out), "--m", "3"]) == 2
-    assert build_parser().parse_args(["plot", "d", "--m", "1", "Inf", "infinity"]).m == [
-        1,
-        None,
-        None,
-    ]
     assert "--m 3 is not allowed: no completed run with that M" in capsys.readouterr().err
+    assert build_parser().parse_args(["plot", "d", "--m", "Inf", "infinity"]).m == [None, None]
+    threshold = (out / "threshold.json").read_bytes()
+    for damaged in (b'{"crit', b'{"criterion": "fraction"}', b"[1]"):
+        (out / "threshold.json").write_bytes(damaged)
+        assert main(["plot", str(out)]) == 1
+        assert "threshold file" in capsys.readouterr().err
+    (out / "threshold.json").write_bytes(threshold)
     # Nothing new to train the second time.
     assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0
     assert "0 runs completed, 0 failed, 4 skipped" in capsys.readouterr().out

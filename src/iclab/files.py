@@ -87,7 +87,11 @@ def _parse(text: str, path, what: str, line: int | None = None):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        at = error.lineno if line is None else line
+        at = (
+            f"{error.lineno}, column {error.colno}"
+            if line is None
+            else f"{line}, column {error.colno}"
+        )
         raise corrupt(path, what, f"not valid JSON at line {at}: {error.msg}") from None
     except ValueError:  # an integer of more digits than Python converts
         at = "" if line is None else f" at line {line}"

@@ -12,13 +12,12 @@ Bisection assumes the criterion fails below M* and holds above it; the result is
 """
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from iclab.config import ConfigError
-from iclab.files import write_json
+from iclab.files import corrupt, read_json, write_json
 from iclab.studies.task_diversity.pairs import StudyPairs, study_pairs
 from iclab.sweeps.runner import run_runs
 from iclab.sweeps.spec import SweepRun, SweepSpec
@@ -193,6 +192,14 @@ def read_threshold(out_dir: str | Path) -> Threshold | None:
     path = Path(out_dir) / THRESHOLD_FILE
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
-    evaluations = {int(e): Evaluation(**v) for e, v in data.pop("evaluations").items()}
-    return Threshold(**data, evaluations=evaluations)
+    data = read_json(path, "threshold file")
+    try:
+        evaluations = {int(e): Evaluation(**v) for e, v in data.pop("evaluations").items()}
+        return Threshold(**data, evaluations=evaluations)
+    except (
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as error:  # not what write_threshold wrote
+        raise corrupt(path, "threshold file", f"not a threshold search ({error!r})") from None

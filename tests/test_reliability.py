@@ -224,6 +224,18 @@ def test_more_threads_than_cores_are_refused_before_any_work(tmp_path, capsys):
     assert "--threads must be from 1 to the" in capsys.readouterr().err
 
 
+def test_options_that_would_be_ignored_or_run_without_end_are_refused(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    for args, message in [
+        (["reproduce", "autoregressive", "--preset", "cpu", "--out", out], "--preset cpu is an"),
+        (["analyze", out, "--llc-steps", "5"], "--llc-steps sets the --llc part"),
+        (["analyze", out, "--gd-steps", "100000"], "--gd-steps 100000 is not allowed"),
+    ]:
+        code, text = run_cli(args, capsys)
+        assert code == 2 and message in text, text
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_prints_one_line_and_exits_130(monkeypatch, capsys):
     import iclab.cli
 

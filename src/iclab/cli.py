@@ -333,14 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the local learning coefficient at each kept checkpoint (train.keep_checkpoints)",
     )
     analyze.add_argument(
-        "--llc-steps", type=_positive_int, default=200, help="SGLD steps per chain (default 200)"
+        "--llc-steps", type=_positive_int, help="SGLD steps per chain of --llc (default 200)"
     )
     analyze.set_defaults(handler=_analyze)
 
     reproduce = commands.add_parser("reproduce", help="reproduce a paper's claims, write a report")
     reproduce.add_argument("study", choices=STUDIES)
     reproduce.add_argument(
-        "--preset", choices=TASK_DIVERSITY_PRESETS, default="cpu", help="task-diversity only"
+        "--preset", choices=TASK_DIVERSITY_PRESETS, help="task-diversity only (default cpu)"
     )
     reproduce.add_argument(
         "--out", type=Path, help="default: STUDY_out (task_diversity_PRESET_out)"

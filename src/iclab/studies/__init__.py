@@ -7,22 +7,29 @@ from iclab.validation import ConfigError
 STUDIES = ("task-diversity", "autoregressive")
 
 
+LLC_STEPS = 200  # SGLD steps per chain of `analyze --llc`
+# The GD families of the algorithm fit: k = 1..gd_steps, each a fit of its own (100000 ran for
+# minutes with no end in sight); the fits settle within a few dozen steps at K = 16.
+MAX_GD_STEPS = 1024
+
+
 def reproduce(
     study: str,
     out: str | Path | None = None,
-    preset: str = "cpu",
+    preset: str | None = None,
     executor=None,
     progress: bool = True,
     pdf: bool = False,
     quick: bool = False,
 ):
     """Run a study's reproduction (`iclab reproduce STUDY`); returns its report, which has
-    `summary` (text), `path` (report.md) and `seconds`. preset, executor and pdf apply to the
-    task-diversity study; the autoregressive one runs its fixed CPU settings in this process.
+    `summary` (text), `path` (report.md) and `seconds`. preset (default "cpu"), executor and pdf
+    apply to the task-diversity study; the autoregressive one runs its fixed CPU settings in this process.
     quick: a miniature of every part, to check the pipeline in seconds (not the science)."""
     if study == "task-diversity":
         from iclab.studies.task_diversity.reproduction import reproduce_task_diversity
 
+        preset = preset or "cpu"
         out = out or Path(f"task_diversity_{preset}_out")
         return reproduce_task_diversity(
             preset, out, executor, progress=progress, pdf=pdf, quick=quick
@@ -30,6 +37,11 @@ def reproduce(
     if study == "autoregressive":
         from iclab.studies.autoregressive.reproduction import FULL, MINI, reproduce_autoregressive
 
+        if preset is not None:
+            raise ConfigError(
+                f"--preset {preset} is an option of the task-diversity study; the autoregressive "
+                "one has fixed CPU settings (--quick for a miniature): leave it out"
+            )
         out = out or Path("autoregressive_out")
         return reproduce_autoregressive(out, progress, settings=MINI if quick else FULL)
     raise ConfigError(f"study = {study!r} is not allowed: one of {STUDIES}")
@@ -40,7 +52,7 @@ def analyze(
     n_sequences: int = 2048,
     gd_steps: int | None = None,
     llc: bool = False,
-    llc_steps: int = 200,
+    llc_steps: int | None = None,
 ) -> str:
     """What a trained run computes (`iclab analyze`): for an autoregressive run the one-step GD
     fit and weight structure, for a regression run the algorithm fit, probes and attention (on a
@@ -54,6 +66,11 @@ def analyze(
     from iclab.training import RunDirectory
     from iclab.training.run_directory import CHECKPOINT_FILE
 
+    if llc_steps is not None and not llc:
+        raise ConfigError("--llc-steps sets the --llc part: give --llc too, or leave it out")
+    if gd_steps is not None and gd_steps > MAX_GD_STEPS:
+        raise ConfigError(f"--gd-steps {gd_steps} is not allowed: at most {MAX_GD_STEPS}")
+    llc_steps = llc_steps or LLC_STEPS
     run = RunDirectory(run_dir)
     regression_options = {} if gd_steps is None else {"gd_steps": gd_steps}
     if not run.has_config() and (Path(run_dir) / SWEEP_FILE).exists():

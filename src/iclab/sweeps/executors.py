@@ -21,6 +21,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -162,6 +163,8 @@ class RayExecutor:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError(RAY_MISSING) from None
+        if address not in (None, "auto", "local"):
+            _require_reachable(address)
         self.address, self.cpus_per_run, self.gpus_per_run = address, cpus_per_run, gpus_per_run
         self.threads_per_run = max(1, int(cpus_per_run))
 
@@ -183,10 +186,14 @@ class RayExecutor:
                 )
             else:
                 ray.init(address=self.address, log_to_driver=False)
-        unused = unused_gpus_warning(ray.cluster_resources().get("GPU", 0), self.gpus_per_run)
-        if unused:
-            warnings.warn(unused, RuntimeWarning, stacklevel=2)
         try:
+            nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+            too_large = infeasible_request(nodes, self.cpus_per_run, self.gpus_per_run)
+            if too_large:  # Ray would wait for such a node for ever, silently
+                raise ConfigError(too_large)
+            unused = unused_gpus_warning(ray.cluster_resources().get("GPU", 0), self.gpus_per_run)
+            if unused:
+                warnings.warn(unused, RuntimeWarning, stacklevel=2)
             messages = Queue(actor_options={"num_cpus": 0})
             task = ray.remote(execute).options(
                 num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0
@@ -206,6 +213,35 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def _require_reachable(address: str) -> None:
+    """ConfigError unless something listens at a Ray address host:port (ray:// included): on
+    an address where nothing answers ray.init retries for ever."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return  # not host:port: left to Ray to judge
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as error:
+        raise ConfigError(
+            f"--address {address} is not allowed: nothing answers there ({error}); give the "
+            "address of a running Ray cluster's head (ray start --head prints it)"
+        ) from None
+
+
+def infeasible_request(nodes: list[dict], cpus_per_run: float, gpus_per_run: float) -> str | None:
+    """Why no node of a Ray cluster (each node's resources: {"CPU": n, "GPU": n, ...}) can take
+    one run's request, else None."""
+    largest_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    largest_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    if cpus_per_run > largest_cpus or gpus_per_run > largest_gpus:
+        return (
+            f"--cpus-per-run {cpus_per_run:g} and --gpus-per-run {gpus_per_run:g} are not "
+            f"allowed: the largest node of the Ray cluster has {largest_cpus:g} CPUs and "
+            f"{largest_gpus:g} GPUs, so no run could start"
+        )
+    return None
 
 
 def unused_gpus_warning(cluster_gpus: float, gpus_per_run: float) -> str | None:

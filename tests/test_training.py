@@ -3,10 +3,11 @@ import warnings
 
 import pytest
 import torch
-from helpers import tiny_overrides
+from helpers import snapshot, tiny_overrides
 
 from iclab.checkpoints import CheckpointError, load_checkpoint
 from iclab.config import apply_overrides, config_from_dict
+from iclab.files import CorruptFile
 from iclab.tasks.regression import RegressionTask
 from iclab.training import TrainingDiverged, build_model, learning_rate, train
 from iclab.training.optimization import autocast, build_optimizer
@@ -41,6 +42,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), name
     assert [r["step"] for r in RunDirectory(tmp_path / "split").metrics()] == [20, 40]
     assert RunDirectory(tmp_path / "split").metrics() == RunDirectory(tmp_path / "whole").metrics()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "a line lost", "two lines swapped"])
+def test_resuming_with_metrics_records_lost_or_moved_is_refused(tmp_path, damage):
+    config = make_config(n_tasks=8, steps=40, eval_every=10, checkpoint_every=10)
+    train(config, tmp_path / "run", progress=False, stop_after=30)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)  # steps 10, 20, 30
+    damaged = {
+        "deleted": [],
+        "a line lost": [lines[0], lines[2]],
+        "two lines swapped": lines[1::-1],
+    }
+    metrics.write_text("".join(damaged[damage]))
+    before = snapshot(tmp_path)
+    with pytest.raises(CorruptFile, match="the run evaluates at steps 10, 20, 30"):
+        train(config, tmp_path / "run", resume=True, progress=False)
+    assert snapshot(tmp_path) == before  # nothing is written over what is left
 
 
 def test_an_evaluation_between_logs_records_the_mean_loss_since_the_last_log(tmp_path):

@@ -43,8 +43,10 @@ KEPT_CHECKPOINT_FORMAT = KEPT_CHECKPOINT_PREFIX + "{step:08d}.safetensors"
 EVAL_FILE = "eval.json"
 REEVALUATION_FILE = "reevaluation.json"
 FAILED_FILE = "failed.json"
-# The files a run resumes from (what a sweep worker ships back at every checkpoint).
-RESUME_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
+# The files a run resumes from (what a sweep worker ships back at every checkpoint), in the
+# order they are written: the metrics before the checkpoint, so that a kill in between leaves
+# records beyond the checkpoint (dropped on resume), never a checkpoint beyond its records.
+RESUME_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE)
 STATUSES = ("complete", "failed", "interrupted", "pending")
 
 
@@ -75,6 +77,14 @@ def _is_number(value) -> bool:
     """A finite JSON number: evaluations never hold NaN or infinities (a run stops at a
     non-finite loss), so one that does was damaged."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _steps_problem(steps: list[int], expected: list[int]) -> str:
+    shown = lambda values: ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")  # noqa: E731
+    return (
+        f"its records are at steps {shown(steps) or 'none'}, the run evaluates at steps "
+        f"{shown(expected)}"
+    )
 
 
 def _metrics_problem(record) -> str | None:
@@ -160,7 +170,14 @@ class RunDirectory:
         records = read_jsonl(path, "metrics file", _metrics_problem) if path.exists() else []
         if not records and self.status() == "complete":
             raise corrupt(path, "metrics file", "no evaluation records in a complete run")
+        # One record per evaluation step of the run, in order (a line lost or moved is damage).
+        steps, expected = [r["step"] for r in records], self._evaluation_steps()
+        if expected is not None and steps != expected[: len(steps)]:
+            raise corrupt(path, "metrics file", _steps_problem(steps, expected))
         return records
+
+    def _evaluation_steps(self) -> list[int] | None:
+        return self.config().train.evaluation_steps() if self.has_config() else None
 
     def write_metrics(self, records: list[dict]) -> None:
         text = "".join(json.dumps(record) + "\n" for record in records)
@@ -173,7 +190,12 @@ class RunDirectory:
     def drop_metrics_after(self, step: int) -> None:
         """On resume: records after the checkpoint's step (0 without one) will be written again
         by this run."""
-        self.write_metrics([r for r in self.metrics() if r["step"] <= step])
+        kept = [r for r in self.metrics() if r["step"] <= step]
+        expected = [s for s in self._evaluation_steps() or [] if s <= step]
+        if [r["step"] for r in kept] != expected:  # lost records would stay lost
+            path = self.path / METRICS_FILE
+            raise corrupt(path, "metrics file", _steps_problem([r["step"] for r in kept], expected))
+        self.write_metrics(kept)
 
     # -- checkpoint ----------------------------------------------------------------------------
     def has_checkpoint(self) -> bool:

@@ -98,6 +98,16 @@ def test_a_missing_tracker_package_is_a_config_error_before_any_work(monkeypatch
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_wandb_mode_is_a_config_error_before_any_work(monkeypatch, tmp_path):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "bogus")  # failed at the first evaluation, mid-training
+    with pytest.raises(ConfigError, match="WANDB_MODE = 'bogus' is not allowed: Input should be"):
+        iclab.train(iclab.load_config("tiny", SHORT), tmp_path / "run", log_to="wandb")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_backend("wandb")
+
+
 class RecordingTracker:
     """A backend that records what it is told, in place of TensorBoard."""
 

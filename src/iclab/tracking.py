@@ -143,8 +143,17 @@ def check_backend(backend: str | None) -> None:
         raise ConfigError(f"--log-to {backend!r} is not allowed: expected one of {BACKENDS}")
     package = "torch.utils.tensorboard" if backend == "tensorboard" else "wandb"
     try:
-        __import__(package)
+        module = __import__(package)
     except ImportError:
         raise ConfigError(
             f"--log-to {backend} needs the {backend} package: pip install 'iclab[{backend}]'"
         ) from None
+    mode = os.environ.get("WANDB_MODE")
+    if backend == "wandb" and mode is not None:
+        try:  # wandb's own check; a bad mode failed at the first evaluation, mid-training
+            module.Settings(mode=mode)
+        except Exception as error:
+            lines = [line.strip() for line in str(error).splitlines() if "should" in line]
+            raise ConfigError(
+                f"WANDB_MODE = {mode!r} is not allowed: {lines[0] if lines else error}"
+            ) from None

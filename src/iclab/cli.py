@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 from iclab.checkpoints import CheckpointError
-from iclab.config import ConfigError, load_config, preset_names, resolve_config_path
+from iclab.config import (
+    INFINITE_SPELLINGS,
+    ConfigError,
+    load_config,
+    preset_names,
+    resolve_config_path,
+)
 from iclab.files import CorruptFile
 from iclab.results import format_evaluation, format_table
 from iclab.studies import STUDIES
@@ -245,7 +251,7 @@ _fraction = _number_in("a number in [0, 1]", lambda value: 0 <= value <= 1)
 
 def _task_diversity(text: str) -> int | None:
     """M: an integer >= 1, or inf (None), spelt as config values may be (inf, Inf, infinity)."""
-    return None if text.lower() in ("inf", "infinity") else _positive_int(text)
+    return None if text.lower() in INFINITE_SPELLINGS else _positive_int(text)
 
 
 def _add_executor_options(parser) -> None:

@@ -36,6 +36,7 @@ from iclab.validation import (
 )
 
 INFINITE_TASKS = "inf"
+INFINITE_SPELLINGS = ("inf", "infinity")  # of n_tasks = infinity, in any case
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def _coerce(name: str, value, annotation):
     """Convert a TOML value to the field's annotated type, or raise ConfigError."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
     if type(None) in options:  # only n_tasks-like "int | None" fields: None means infinite
-        if value is None or (isinstance(value, str) and value.lower() in ("inf", "infinity")):
+        if value is None or (isinstance(value, str) and value.lower() in INFINITE_SPELLINGS):
             return None
         if isinstance(value, float) and value == math.inf:  # TOML's inf; -inf is not allowed
             return None

@@ -24,7 +24,8 @@ def reproduce(
 ):
     """Run a study's reproduction (`iclab reproduce STUDY`); returns its report, which has
     `summary` (text), `path` (report.md) and `seconds`. preset (default "cpu"), executor and pdf
-    apply to the task-diversity study; the autoregressive one runs its fixed CPU settings in this process.
+    apply to the task-diversity study; the autoregressive one runs its fixed CPU settings in this
+    process.
     quick: a miniature of every part, to check the pipeline in seconds (not the science)."""
     if study == "task-diversity":
         from iclab.studies.task_diversity.reproduction import reproduce_task_diversity

@@ -32,6 +32,7 @@ from iclab.files import (
     corrupt,
     read_json,
     read_jsonl,
+    require_empty,
     write_json,
 )
 
@@ -80,10 +81,11 @@ def _is_number(value) -> bool:
 
 
 def _steps_problem(steps: list[int], expected: list[int]) -> str:
-    shown = lambda values: ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")  # noqa: E731
+    def listed(values: list[int]) -> str:
+        return ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "") or "none"
+
     return (
-        f"its records are at steps {shown(steps) or 'none'}, the run evaluates at steps "
-        f"{shown(expected)}"
+        f"its records are at steps {listed(steps)}, the run evaluates at steps {listed(expected)}"
     )
 
 
@@ -132,11 +134,7 @@ class RunDirectory:
             raise ConfigError(f"cannot resume: {str(run.path / CONFIG_FILE)!r} does not exist")
         if run.path.exists() and not run.path.is_dir():
             raise ConfigError(f"run directory {str(run.path)!r} is a file; choose another --out")
-        if run.path.is_dir() and any(run.path.iterdir()):
-            raise ConfigError(
-                f"run directory {str(run.path)!r} holds files but no iclab run; choose an empty "
-                "or new directory for --out"
-            )
+        require_empty(run.path, f"no iclab run ({CONFIG_FILE})")
         run.write_config(config)
         return run
 
@@ -166,18 +164,20 @@ class RunDirectory:
     # -- metrics -------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
         """The periodic evaluations so far; a complete run has at least its last step's."""
+        return self._metrics_and_steps()[0]
+
+    def _metrics_and_steps(self) -> tuple[list[dict], list[int]]:
+        """The records of metrics.jsonl, checked to be one per evaluation step of the run in
+        order (a line lost or moved is damage), and the run's evaluation steps."""
         path = self.path / METRICS_FILE
         records = read_jsonl(path, "metrics file", _metrics_problem) if path.exists() else []
         if not records and self.status() == "complete":
             raise corrupt(path, "metrics file", "no evaluation records in a complete run")
-        # One record per evaluation step of the run, in order (a line lost or moved is damage).
-        steps, expected = [r["step"] for r in records], self._evaluation_steps()
-        if expected is not None and steps != expected[: len(steps)]:
+        expected = self.config().train.evaluation_steps() if self.has_config() else []
+        steps = [r["step"] for r in records]
+        if self.has_config() and steps != expected[: len(steps)]:
             raise corrupt(path, "metrics file", _steps_problem(steps, expected))
-        return records
-
-    def _evaluation_steps(self) -> list[int] | None:
-        return self.config().train.evaluation_steps() if self.has_config() else None
+        return records, expected
 
     def write_metrics(self, records: list[dict]) -> None:
         text = "".join(json.dumps(record) + "\n" for record in records)
@@ -190,11 +190,12 @@ class RunDirectory:
     def drop_metrics_after(self, step: int) -> None:
         """On resume: records after the checkpoint's step (0 without one) will be written again
         by this run."""
-        kept = [r for r in self.metrics() if r["step"] <= step]
-        expected = [s for s in self._evaluation_steps() or [] if s <= step]
-        if [r["step"] for r in kept] != expected:  # lost records would stay lost
-            path = self.path / METRICS_FILE
-            raise corrupt(path, "metrics file", _steps_problem([r["step"] for r in kept], expected))
+        records, steps = self._metrics_and_steps()
+        kept = [r for r in records if r["step"] <= step]
+        expected = [s for s in steps if s <= step]
+        if len(kept) != len(expected):  # records lost before the checkpoint would stay lost
+            found = [r["step"] for r in kept]
+            raise corrupt(self.path / METRICS_FILE, "metrics file", _steps_problem(found, expected))
         self.write_metrics(kept)
 
     # -- checkpoint ----------------------------------------------------------------------------

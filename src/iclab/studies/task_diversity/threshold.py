@@ -193,13 +193,8 @@ def read_threshold(out_dir: str | Path) -> Threshold | None:
     if not path.exists():
         return None
     data = read_json(path, "threshold file")
-    try:
+    try:  # anything but what write_threshold wrote is damage
         evaluations = {int(e): Evaluation(**v) for e, v in data.pop("evaluations").items()}
         return Threshold(**data, evaluations=evaluations)
-    except (
-        AttributeError,
-        KeyError,
-        TypeError,
-        ValueError,
-    ) as error:  # not what write_threshold wrote
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise corrupt(path, "threshold file", f"not a threshold search ({error!r})") from None
